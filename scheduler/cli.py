@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
 # Modules under scheduler.commands, in the order `kvsched --help` lists them.
-COMMAND_MODULES = ("extender", "demo", "topology_cmd", "plan_cmd", "explain_cmd")
+COMMAND_MODULES = tuple(
+    m for m in ("extender", "demo", "topology_cmd", "plan_cmd", "explain_cmd")
+    if importlib.util.find_spec(f"scheduler.commands.{m}") is not None
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,35 @@
+# kvsched front door: thin targets over hack/ scripts.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: help install demo test lint typecheck check bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(BIN)/kvsched ## create .venv and install kvsched with its dev tools
+
+$(BIN)/kvsched: pyproject.toml
+	PYTHON=$(PYTHON) VENV=$(VENV) hack/install.sh
+
+demo: install ## run the extender on the example cluster and schedule example pods through it
+	$(BIN)/kvsched demo
+
+test: install ## run the whole test suite
+	VENV=$(VENV) hack/test.sh
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check scheduler topology tests hack
+	$(BIN)/ruff format --check scheduler topology tests hack
+
+typecheck: install ## mypy --strict on the packages
+	$(BIN)/mypy
+
+check: lint typecheck test ## everything CI runs
+
+bench: install ## extender latency benchmark -> docs/benchmarks.md
+	VENV=$(VENV) hack/bench.sh
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,84 @@
+"""`kvsched extender`: serve the kube-scheduler extender API."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import uvicorn
+
+from scheduler.commands.common import add_catalog_argument, fail, load_catalog
+from scheduler.core.placement import ScoringConfig
+from scheduler.extender.app import DEFAULT_MAX_BODY_BYTES, AppSettings, create_app
+from scheduler.logs import configure_logging
+from scheduler.state.offline import ClusterFileError, load_cluster
+from scheduler.state.store import ClusterStore
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "extender",
+        help="serve filter/prioritize/bind for kube-scheduler",
+        description="Serve the kube-scheduler extender API (filter, prioritize, bind, explain, "
+        "healthz, readyz, metrics).",
+    )
+    parser.add_argument(
+        "--cluster-file",
+        metavar="PATH",
+        help="offline mode: Nodes, NodeInventories and Pods from this YAML/JSON file or folder",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8888, help="listen port (default 8888)")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="reject larger requests with 413",
+    )
+    parser.add_argument(
+        "--score-weight",
+        action="append",
+        default=[],
+        metavar="TERM=W",
+        help="weight of a score term: ready, gpu_set, right_size, fragmentation (repeatable)",
+    )
+    parser.add_argument("--engine-init-seconds", type=float, default=None)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json")
+    add_catalog_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def scoring_from_args(weights: list[str], engine_init: float | None) -> ScoringConfig:
+    values: dict[str, float] = {}
+    for item in weights:
+        term, _, raw = item.partition("=")
+        if term not in ("ready", "gpu_set", "right_size", "fragmentation"):
+            raise ValueError(f"--score-weight {item!r}: unknown term {term!r}")
+        try:
+            values[f"{term}_weight"] = float(raw)
+        except ValueError:
+            raise ValueError(f"--score-weight {item!r}: {raw!r} is not a number") from None
+    if engine_init is not None:
+        values["engine_init_seconds"] = engine_init
+    return ScoringConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, args.log_format)
+    if args.cluster_file is None:
+        return fail(
+            "cluster mode (watching the API server) is not available yet: "
+            "pass --cluster-file for offline mode"
+        )
+    try:
+        scoring = scoring_from_args(args.score_weight, args.engine_init_seconds)
+        catalog = load_catalog(args.catalog)
+        objects = load_cluster(args.cluster_file)
+    except (ValueError, OSError, ClusterFileError) as exc:
+        return fail(str(exc))
+    store = ClusterStore(catalog, scoring)
+    store.load(objects)
+    app = create_app(store, AppSettings(max_body_bytes=args.max_body_bytes))
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0

@@ -1,0 +1,60 @@
+"""The `kvsched.io/assigned-gpus` annotation: which GPUs of its node a pod was given.
+
+Written at bind, read back when the cluster state is rebuilt (a restart loses nothing because
+the assignment lives on the pod in the API server). JSON so that tools can read it:
+``{"node": "gpu-a", "indices": [0, 1], "uuids": ["GPU-…", "GPU-…"]}``; `uuids` is empty when
+the node's GPU UUIDs are unknown (no inventory).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class GpuAssignment:
+    node: str
+    indices: tuple[int, ...]
+    uuids: tuple[str, ...] = ()
+
+    def encode(self) -> str:
+        return json.dumps(
+            {"node": self.node, "indices": list(self.indices), "uuids": list(self.uuids)},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def decode(cls, text: str) -> GpuAssignment:
+        """Parse the annotation; ValueError with the reason when it is not one of ours."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc.msg}") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        node = data.get("node")
+        indices = data.get("indices")
+        uuids = data.get("uuids", [])
+        if not isinstance(node, str) or not node:
+            raise ValueError("'node' must be a non-empty string")
+        if not _int_list(indices) or len(set(indices)) != len(indices):
+            raise ValueError("'indices' must be a list of distinct GPU indices >= 0")
+        if not isinstance(uuids, list) or not all(isinstance(u, str) for u in uuids):
+            raise ValueError("'uuids' must be a list of strings")
+        return cls(node, tuple(indices), tuple(uuids))
+
+
+def _int_list(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+    )
+
+
+def uuids_for(indices: Sequence[int], uuid_by_index: Sequence[str | None]) -> tuple[str, ...]:
+    """UUIDs of the chosen GPUs, or () if any is unknown (a partial list would mislead)."""
+    found = [uuid_by_index[i] if i < len(uuid_by_index) else None for i in indices]
+    if any(u is None for u in found):
+        return ()
+    return tuple(u for u in found if u is not None)

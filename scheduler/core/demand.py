@@ -1,0 +1,426 @@
+"""A pod's demand: what it needs from a node, parsed from its spec and `kvsched.io/` annotations.
+
+Parsing never raises for bad user input: a malformed or contradicting annotation becomes
+`PodDemand.error`, a sentence naming the annotation and the value, which the placement core
+turns into the same failure reason on every node (the pod stays Pending with that message in
+its events rather than being placed on a silent default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from scheduler.core.quantity import parse_quantity, parse_whole_quantity
+from scheduler.models.catalog import Catalog
+from scheduler.models.dtypes import normalize_dtype
+from scheduler.models.kvplan import MemoryPlan, plan_memory, plan_weights_only
+from scheduler.models.spec import ModelSpec
+
+PREFIX = "kvsched.io/"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# Annotations users set (DESIGN.md, "The pod contract").
+A_MODEL = PREFIX + "model"
+A_REVISION = PREFIX + "model-revision"
+A_WEIGHTS_BYTES = PREFIX + "weights-bytes"
+A_MAX_MODEL_LEN = PREFIX + "max-model-len"
+A_MAX_NUM_SEQS = PREFIX + "max-num-seqs"
+A_KV_TOKENS = PREFIX + "kv-cache-tokens"
+A_DTYPE = PREFIX + "dtype"
+A_KV_DTYPE = PREFIX + "kv-cache-dtype"
+A_GPU_UTIL = PREFIX + "gpu-memory-utilization"
+A_GANG = PREFIX + "gang"
+A_GANG_SIZE = PREFIX + "gang-size"
+A_TOPOLOGY_KEY = PREFIX + "topology-key"
+A_ROLE = PREFIX + "role"
+A_KV_PEER = PREFIX + "kv-peer"
+# Annotations kvsched writes at bind.
+A_ASSIGNED_GPUS = PREFIX + "assigned-gpus"
+A_PLACEMENT = PREFIX + "placement"
+
+USER_ANNOTATIONS = frozenset(
+    {
+        A_MODEL,
+        A_REVISION,
+        A_WEIGHTS_BYTES,
+        A_MAX_MODEL_LEN,
+        A_MAX_NUM_SEQS,
+        A_KV_TOKENS,
+        A_DTYPE,
+        A_KV_DTYPE,
+        A_GPU_UTIL,
+        A_GANG,
+        A_GANG_SIZE,
+        A_TOPOLOGY_KEY,
+        A_ROLE,
+        A_KV_PEER,
+    }
+)
+KNOWN_ANNOTATIONS = USER_ANNOTATIONS | {A_ASSIGNED_GPUS, A_PLACEMENT}
+
+# Group identity from other projects' conventions (facts.md).
+LWS_GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
+LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
+LWS_GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
+LWS_SIZE = "leaderworkerset.sigs.k8s.io/size"
+POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
+ROLES = ("prefill", "decode")
+
+
+class DemandError(ValueError):
+    """A pod annotation or spec value kvsched cannot accept."""
+
+
+@dataclass(frozen=True, slots=True)
+class GangRef:
+    """The all-or-nothing group a pod belongs to (placement of groups is the gang planner's)."""
+
+    namespace: str
+    name: str
+    size: int | None
+    source: str
+
+
+@dataclass(frozen=True)
+class PodDemand:
+    """Everything the placement core needs to know about one pod.
+
+    `key` holds exactly the fields evaluation depends on, so two pods with equal keys get equal
+    per-node evaluations (the store memoises on it).
+    """
+
+    namespace: str
+    name: str
+    uid: str
+    gpus: int
+    model: str | None = None
+    model_spec: ModelSpec | None = None
+    revision: str | None = None
+    plan: MemoryPlan | None = None
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    gang: GangRef | None = None
+    topology_key: str | None = None
+    role: str | None = None
+    kv_peer: str | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        plan_key = None
+        if self.plan is not None:
+            plan_key = (
+                self.plan.weights_bytes_total,
+                self.plan.required_bytes_per_gpu,
+                self.plan.kv_tokens,
+            )
+        return (self.gpus, self.model, self.revision, plan_key, self.gpu_memory_utilization,
+                self.error)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def gpu_request(pod: Mapping[str, Any]) -> int:
+    """GPUs the pod needs: the sum over containers, or the largest init container if bigger.
+
+    Kubernetes forces requests == limits for extended resources, so whichever is present is the
+    count; both present and different is a broken spec and raises.
+    """
+    spec = _mapping(pod.get("spec"), "spec")
+    app = sum(_container_gpus(c) for c in _containers(spec, "containers"))
+    init = max((_container_gpus(c) for c in _containers(spec, "initContainers")), default=0)
+    return max(app, init)
+
+
+def parse_demand(pod: Mapping[str, Any], catalog: Catalog) -> PodDemand:
+    """Parse a core/v1 Pod (as JSON) into a PodDemand; bad input goes into `.error`."""
+    meta = pod.get("metadata") if isinstance(pod.get("metadata"), Mapping) else {}
+    assert isinstance(meta, Mapping)
+    namespace = str(meta.get("namespace") or "default")
+    name = str(meta.get("name") or "")
+    uid = str(meta.get("uid") or "")
+    try:
+        return _parse(pod, meta, namespace, name, uid, catalog)
+    except DemandError as exc:
+        gpus = 0
+        try:
+            gpus = gpu_request(pod)
+        except DemandError:
+            pass
+        return PodDemand(namespace=namespace, name=name, uid=uid, gpus=gpus, error=str(exc))
+
+
+def _parse(
+    pod: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    namespace: str,
+    name: str,
+    uid: str,
+    catalog: Catalog,
+) -> PodDemand:
+    annotations = _string_map(meta.get("annotations"), "metadata.annotations")
+    labels = _string_map(meta.get("labels"), "metadata.labels")
+    for key in annotations:
+        if key.startswith(PREFIX) and key not in KNOWN_ANNOTATIONS:
+            raise DemandError(
+                f"unknown annotation {key}={annotations[key]!r}: kvsched knows "
+                + ", ".join(sorted(a.removeprefix(PREFIX) for a in USER_ANNOTATIONS))
+            )
+    gpus = gpu_request(pod)
+
+    utilization = _optional(annotations, A_GPU_UTIL, _fraction)
+    if utilization is None:
+        utilization = DEFAULT_GPU_MEMORY_UTILIZATION
+    role = annotations.get(A_ROLE)
+    if role is not None and role not in ROLES:
+        raise DemandError(f"annotation {A_ROLE}={role!r} must be one of {', '.join(ROLES)}")
+    kv_peer = annotations.get(A_KV_PEER)
+    if kv_peer is not None and not kv_peer.strip():
+        raise DemandError(f"annotation {A_KV_PEER}={kv_peer!r} must name a gang or model")
+    topology_key = annotations.get(A_TOPOLOGY_KEY)
+    if topology_key is not None and not topology_key.strip():
+        raise DemandError(f"annotation {A_TOPOLOGY_KEY}={topology_key!r} must be a label key")
+    gang = _gang(namespace, annotations, labels)
+
+    model_name = annotations.get(A_MODEL)
+    base = PodDemand(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        gpus=gpus,
+        gpu_memory_utilization=utilization,
+        gang=gang,
+        topology_key=topology_key,
+        role=role,
+        kv_peer=kv_peer,
+    )
+    model_only = (A_REVISION, A_WEIGHTS_BYTES, A_MAX_MODEL_LEN, A_MAX_NUM_SEQS, A_KV_TOKENS,
+                  A_DTYPE, A_KV_DTYPE)
+    if model_name is None:
+        stray = [key for key in model_only if key in annotations]
+        if stray:
+            raise DemandError(
+                f"annotation {stray[0]}={annotations[stray[0]]!r} needs {A_MODEL} to be set"
+            )
+        return base
+    model_name = model_name.strip()
+    if not model_name:
+        raise DemandError(f"annotation {A_MODEL}='' is empty: set a model id")
+    if gpus == 0:
+        raise DemandError(
+            f"annotation {A_MODEL}={model_name!r} is set but the pod requests no {GPU_RESOURCE}"
+        )
+    return _with_model(base, model_name, annotations, catalog)
+
+
+def _with_model(
+    base: PodDemand, model_name: str, annotations: Mapping[str, str], catalog: Catalog
+) -> PodDemand:
+    revision = annotations.get(A_REVISION)
+    if revision is not None and not revision.strip():
+        raise DemandError(f"annotation {A_REVISION}='' is empty")
+    weights_override = _optional(annotations, A_WEIGHTS_BYTES, _byte_size)
+    max_len = _optional(annotations, A_MAX_MODEL_LEN, _positive_int)
+    max_seqs = _optional(annotations, A_MAX_NUM_SEQS, _positive_int)
+    kv_tokens = _optional(annotations, A_KV_TOKENS, _positive_int)
+    dtype = _optional(annotations, A_DTYPE, _dtype)
+    kv_dtype = _optional(annotations, A_KV_DTYPE, _dtype)
+    if kv_tokens is not None and max_seqs is not None:
+        raise DemandError(
+            f"annotations {A_KV_TOKENS}={kv_tokens} and {A_MAX_NUM_SEQS}={max_seqs} contradict: "
+            f"set the KV budget either as tokens or as max-model-len x max-num-seqs"
+        )
+    if kv_tokens is not None and max_len is not None and kv_tokens < max_len:
+        raise DemandError(
+            f"annotation {A_KV_TOKENS}={kv_tokens} is smaller than {A_MAX_MODEL_LEN}={max_len}: "
+            "the engine could not hold one sequence at full length"
+        )
+
+    spec = catalog.get(model_name)
+    canonical = (spec.name if spec is not None else model_name).lower()
+    if spec is None:
+        if weights_override is None:
+            raise DemandError(
+                f"unknown model {model_name!r}: add it to the catalog or set {A_WEIGHTS_BYTES}"
+            )
+        # Without the architecture the KV size is unknowable; plan weights only and say so.
+        plan = plan_weights_only(
+            model_name, tp=base.gpus, weights_bytes=weights_override, max_num_seqs=max_seqs or 1
+        )
+    else:
+        if max_len is not None and max_len > spec.max_model_len:
+            raise DemandError(
+                f"annotation {A_MAX_MODEL_LEN}={max_len} exceeds {spec.name}'s context length "
+                f"{spec.max_model_len}"
+            )
+        length = max_len if max_len is not None else spec.max_model_len
+        budget = kv_tokens if kv_tokens is not None else length * (max_seqs or 1)
+        try:
+            plan = plan_memory(
+                spec,
+                tp=base.gpus,
+                kv_tokens=budget,
+                dtype=dtype,
+                kv_dtype=kv_dtype,
+                weights_bytes=weights_override,
+                max_num_seqs=max_seqs or 1,
+            )
+        except ValueError as exc:
+            raise DemandError(f"model {spec.name}: {exc}") from None
+    return PodDemand(
+        namespace=base.namespace,
+        name=base.name,
+        uid=base.uid,
+        gpus=base.gpus,
+        model=canonical,
+        model_spec=spec,
+        revision=revision,
+        plan=plan,
+        gpu_memory_utilization=base.gpu_memory_utilization,
+        gang=base.gang,
+        topology_key=base.topology_key,
+        role=base.role,
+        kv_peer=base.kv_peer,
+    )
+
+
+def _gang(
+    namespace: str, annotations: Mapping[str, str], labels: Mapping[str, str]
+) -> GangRef | None:
+    gang = annotations.get(A_GANG)
+    size_text = annotations.get(A_GANG_SIZE)
+    if gang is not None:
+        if not gang.strip():
+            raise DemandError(f"annotation {A_GANG}='' is empty: name the group")
+        size = _positive_int(A_GANG_SIZE, size_text) if size_text is not None else None
+        return GangRef(namespace, gang.strip(), size, "annotation")
+    if size_text is not None:
+        raise DemandError(f"annotation {A_GANG_SIZE}={size_text!r} needs {A_GANG} to be set")
+    if LWS_GROUP_KEY in labels:
+        lws_size = annotations.get(LWS_SIZE)
+        size = _positive_int(LWS_SIZE, lws_size) if lws_size is not None else None
+        return GangRef(namespace, "lws-" + labels[LWS_GROUP_KEY], size, "leaderworkerset")
+    if POD_GROUP_LABEL in labels:
+        return GangRef(namespace, labels[POD_GROUP_LABEL], None, "pod-group")
+    return None
+
+
+T = TypeVar("T")
+
+
+def _optional(
+    annotations: Mapping[str, str], key: str, parse: Callable[[str, str], T]
+) -> T | None:
+    text = annotations.get(key)
+    if text is None:
+        return None
+    return parse(key, text)
+
+
+def _positive_int(key: str, text: str) -> int:
+    try:
+        value = int(text.strip().replace("_", ""))
+    except ValueError:
+        raise DemandError(f"annotation {key}={text!r} is not a whole number") from None
+    if value <= 0:
+        raise DemandError(f"annotation {key}={text!r} must be positive")
+    return value
+
+
+def _byte_size(key: str, text: str) -> int:
+    try:
+        value = parse_whole_quantity(text)
+    except ValueError:
+        raise DemandError(
+            f"annotation {key}={text!r} is not a byte size (e.g. 141000000000 or 132Gi)"
+        ) from None
+    if value <= 0:
+        raise DemandError(f"annotation {key}={text!r} must be positive")
+    return value
+
+
+def _fraction(key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DemandError(f"annotation {key}={text!r} is not a number") from None
+    if not math.isfinite(value) or not 0.0 < value <= 1.0:
+        raise DemandError(f"annotation {key}={text!r} must be in (0, 1]")
+    return value
+
+
+def _dtype(key: str, text: str) -> str:
+    try:
+        return normalize_dtype(text)
+    except ValueError as exc:
+        raise DemandError(f"annotation {key}={text!r}: {exc}") from None
+
+
+def _containers(spec: Mapping[str, Any], field: str) -> list[Mapping[str, Any]]:
+    items = spec.get(field)
+    if items is None:
+        return []
+    if not isinstance(items, list) or not all(isinstance(c, Mapping) for c in items):
+        raise DemandError(f"spec.{field} is not a list of containers")
+    return items
+
+
+def _container_gpus(container: Mapping[str, Any]) -> int:
+    resources = container.get("resources") or {}
+    if not isinstance(resources, Mapping):
+        raise DemandError(f"container {container.get('name')!r}: resources is not an object")
+    counts: dict[str, int] = {}
+    for kind in ("limits", "requests"):
+        values = resources.get(kind) or {}
+        if not isinstance(values, Mapping):
+            raise DemandError(f"container {container.get('name')!r}: resources.{kind} is not an object")
+        if GPU_RESOURCE in values:
+            raw = values[GPU_RESOURCE]
+            try:
+                counts[kind] = parse_whole_quantity(raw)
+            except ValueError:
+                raise DemandError(
+                    f"container {container.get('name')!r}: {GPU_RESOURCE}={raw!r} "
+                    "is not a whole number of GPUs"
+                ) from None
+    if len(set(counts.values())) > 1:
+        raise DemandError(
+            f"container {container.get('name')!r}: {GPU_RESOURCE} limit {counts['limits']} "
+            f"differs from request {counts['requests']}"
+        )
+    return next(iter(counts.values()), 0)
+
+
+def _mapping(value: object, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise DemandError(f"{where} is not an object")
+    return value
+
+
+def _string_map(value: object, where: str) -> Mapping[str, str]:
+    mapping = _mapping(value, where)
+    for key, item in mapping.items():
+        if not isinstance(item, str):
+            raise DemandError(f"{where}[{key!r}]={item!r} is not a string")
+    return mapping
+
+
+__all__ = [
+    "A_ASSIGNED_GPUS",
+    "A_PLACEMENT",
+    "GPU_RESOURCE",
+    "DemandError",
+    "GangRef",
+    "PodDemand",
+    "gpu_request",
+    "parse_demand",
+    "parse_quantity",
+]

@@ -1,0 +1,198 @@
+"""The extender HTTP service: thin handlers over ClusterStore and the placement core.
+
+Verbs (POST, JSON): /filter, /prioritize, /bind, /explain. Probes: GET /healthz, /readyz,
+/metrics, /explain/{namespace}/{name}. kube-scheduler counts only HTTP 200, so "no node fits"
+is a 200 with failed nodes; a request we cannot decode is a 400 with the reason; a body over
+the configured limit is a 413.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from scheduler.core.demand import PodDemand, parse_demand
+from scheduler.core.node import NodeState
+from scheduler.extender.metrics import ExtenderMetrics
+from scheduler.extender.wire import (
+    WireError,
+    decode_json,
+    filter_result,
+    host_priorities,
+    parse_binding_args,
+    parse_extender_args,
+)
+from scheduler.state.objects import node_state
+from scheduler.state.store import BindError, ClusterStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class AppSettings:
+    """HTTP-level settings of the extender app.
+
+    max_body_bytes: larger requests get 413. A 5,000-node full-Nodes request with managedFields
+    is tens of MB; cache mode (node names only) stays far below.
+    """
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def json_response(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPProblem(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(store: ClusterStore, settings: AppSettings | None = None) -> FastAPI:
+    settings = settings or AppSettings()
+    metrics = ExtenderMetrics()
+    app = FastAPI(title="kvsched extender", version="0.1.0", docs_url=None, redoc_url=None)
+    app.state.store = store
+    app.state.metrics = metrics
+
+    async def run_verb(verb: str, request: Request, handle: Callable[[Any], Any]) -> Response:
+        started = time.perf_counter()
+        try:
+            body = await read_body(request, settings.max_body_bytes)
+            result = handle(decode_json(body))
+            outcome, response = "ok", json_response(result)
+        except HTTPProblem as exc:
+            outcome, response = "bad_request", json_response({"Error": exc.message}, exc.status)
+        except WireError as exc:
+            outcome, response = "bad_request", json_response({"Error": str(exc)}, 400)
+        except Exception as exc:  # a bug must still answer, and leave a trace
+            log.exception("%s failed", verb)
+            outcome = "error"
+            response = json_response({"Error": f"internal error in {verb}: {exc}"}, 500)
+        metrics.requests.labels(verb, outcome).inc()
+        metrics.request_duration.labels(verb).observe(time.perf_counter() - started)
+        return response
+
+    def extra_nodes(nodes: list[Any] | None) -> dict[str, NodeState] | None:
+        """Full-Nodes mode: nodes the store does not know are judged from the sent object."""
+        if nodes is None:
+            return None
+        extra: dict[str, NodeState] = {}
+        for node in nodes:
+            name = node["metadata"]["name"]
+            if store.node(name) is None:
+                extra[name] = node_state(node, None, (), store.catalog)
+        return extra
+
+    def do_filter(data: Any) -> Any:
+        args = parse_extender_args(data)
+        demand = store.demand(args.pod)
+        result = store.filter(demand, args.node_names, extra_nodes(args.nodes))
+        metrics.filter_nodes.labels("passed").inc(len(result.passed))
+        metrics.filter_nodes.labels("failed").inc(len(result.failed))
+        metrics.filter_nodes.labels("unresolvable").inc(len(result.unresolvable))
+        return filter_result(args, result.passed, result.failed, result.unresolvable)
+
+    def do_prioritize(data: Any) -> Any:
+        args = parse_extender_args(data)
+        demand = store.demand(args.pod)
+        scored = store.prioritize(demand, args.node_names, extra_nodes(args.nodes))
+        return host_priorities([(s.node, s.score) for s in scored])
+
+    def do_bind(data: Any) -> Any:
+        args = parse_binding_args(data)
+        try:
+            result = store.bind(args.pod_namespace, args.pod_name, args.pod_uid, args.node)
+        except BindError as exc:
+            metrics.binds.labels("rejected").inc()
+            log.warning("bind %s/%s -> %s rejected: %s", args.pod_namespace, args.pod_name,
+                        args.node, exc)
+            return {"Error": str(exc)}
+        metrics.binds.labels("already_bound" if result.already_bound else "bound").inc()
+        return {"Error": ""}
+
+    def do_explain(data: Any) -> Any:
+        if isinstance(data, dict) and "metadata" in data and "Pod" not in data:
+            data = {"Pod": data, "NodeNames": store.node_names()}
+        if isinstance(data, dict) and data.get("NodeNames") is None and data.get("Nodes") is None:
+            data = {**data, "NodeNames": store.node_names()}
+        args = parse_extender_args(data)
+        # explain must not make a pod bindable: parse without recording it as seen.
+        return explanation(parse_demand(args.pod, store.catalog), args.node_names)
+
+    def explanation(demand: PodDemand, names: list[str] | None) -> dict[str, Any]:
+        return {
+            "pod": demand.ref,
+            "gpus": demand.gpus,
+            "model": demand.model,
+            "error": demand.error,
+            "plan": demand.plan.to_dict() if demand.plan is not None else None,
+            "nodes": store.explain(demand, names),
+        }
+
+    @app.post("/filter")
+    async def filter_verb(request: Request) -> Response:
+        return await run_verb("filter", request, do_filter)
+
+    @app.post("/prioritize")
+    async def prioritize_verb(request: Request) -> Response:
+        return await run_verb("prioritize", request, do_prioritize)
+
+    @app.post("/bind")
+    async def bind_verb(request: Request) -> Response:
+        return await run_verb("bind", request, do_bind)
+
+    @app.post("/explain")
+    async def explain_verb(request: Request) -> Response:
+        return await run_verb("explain", request, do_explain)
+
+    @app.get("/explain/{namespace}/{name}")
+    async def explain_pod(namespace: str, name: str) -> Response:
+        pod = store.pod_object(namespace, name)
+        if pod is None:
+            return json_response({"Error": f"pod {namespace}/{name} not found"}, 404)
+        return json_response(explanation(parse_demand(pod, store.catalog), None))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if not store.synced:
+            return json_response({"status": "not synced"}, 503)
+        return json_response({"status": "ok", "nodes": len(store.node_names())})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        metrics.nodes.set(len(store.node_names()))
+        metrics.synced.set(1 if store.synced else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,46 @@
+"""Prometheus metrics of the extender, on a registry of its own (one per app instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Extender calls are sub-millisecond to tens of milliseconds; kube-scheduler gives up at 5 s.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ExtenderMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_duration = Histogram(
+            "kvsched_extender_request_duration_seconds",
+            "Time to answer one extender call, by verb.",
+            ["verb"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "kvsched_extender_requests",
+            "Extender calls by verb and outcome (ok, bad_request, error).",
+            ["verb", "outcome"],
+            registry=self.registry,
+        )
+        self.filter_nodes = Counter(
+            "kvsched_filter_nodes",
+            "Nodes judged by filter, by result (passed, failed, unresolvable).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.binds = Counter(
+            "kvsched_binds",
+            "Bind calls by result (bound, already_bound, rejected).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.nodes = Gauge(
+            "kvsched_nodes", "Nodes in the extender's cluster view.", registry=self.registry
+        )
+        self.synced = Gauge(
+            "kvsched_cluster_synced",
+            "1 once the cluster view is loaded (offline) or listed (cluster mode).",
+            registry=self.registry,
+        )

@@ -1,0 +1,299 @@
+"""Kubernetes objects (as the JSON dicts the API returns) -> the core's plain data.
+
+Shared by offline mode (objects from a file) and cluster mode (objects from watches), so both
+build NodeStates the same way. Nothing here talks to the API.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scheduler.core.assignment import GpuAssignment
+from scheduler.core.demand import A_ASSIGNED_GPUS, A_MODEL, DemandError, gpu_request
+from scheduler.core.node import Bandwidth, CachedModel, NodeState, Tier
+from scheduler.core.quantity import parse_quantity, parse_whole_quantity
+from scheduler.models.catalog import Catalog
+from topology.hardware import lookup_product
+from topology.model import GpuInfo, Link, LinkKind, NodeTopology, TopologyError
+from topology.presets import preset_for_product
+
+log = logging.getLogger(__name__)
+
+GFD_PRODUCT = "nvidia.com/gpu.product"
+GFD_MEMORY_MIB = "nvidia.com/gpu.memory"
+GFD_COUNT = "nvidia.com/gpu.count"
+GPU_RESOURCE = "nvidia.com/gpu"
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class PodRecord:
+    """The facts about a pod that affect GPU accounting and residency."""
+
+    uid: str
+    namespace: str
+    name: str
+    node: str | None
+    gpus: int
+    assignment: GpuAssignment | None
+    model: str | None
+    phase: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def holds_gpus(self) -> bool:
+        """Bound, not finished, and asking for GPUs: it counts against its node."""
+        return self.node is not None and self.gpus > 0 and self.phase not in TERMINAL_PHASES
+
+
+def pod_record(pod: Mapping[str, Any]) -> PodRecord:
+    meta = _mapping(pod.get("metadata"))
+    spec = _mapping(pod.get("spec"))
+    status = _mapping(pod.get("status"))
+    annotations = _mapping(meta.get("annotations"))
+    namespace = str(meta.get("namespace") or "default")
+    name = str(meta.get("name") or "")
+    try:
+        gpus = gpu_request(pod)
+    except DemandError as exc:
+        log.warning("pod %s/%s: cannot count GPUs: %s", namespace, name, exc)
+        gpus = 0
+    assignment = None
+    raw = annotations.get(A_ASSIGNED_GPUS)
+    if isinstance(raw, str):
+        try:
+            assignment = GpuAssignment.decode(raw)
+        except ValueError as exc:
+            log.warning("pod %s/%s: ignoring %s=%r: %s", namespace, name, A_ASSIGNED_GPUS, raw, exc)
+    node = spec.get("nodeName") or None
+    model = annotations.get(A_MODEL)
+    return PodRecord(
+        uid=str(meta.get("uid") or f"{namespace}/{name}"),
+        namespace=namespace,
+        name=name,
+        node=str(node) if node else None,
+        gpus=gpus,
+        assignment=assignment,
+        model=model if isinstance(model, str) else None,
+        phase=str(status.get("phase") or "Pending"),
+    )
+
+
+def object_name(obj: Mapping[str, Any]) -> str:
+    return str(_mapping(obj.get("metadata")).get("name") or "")
+
+
+def node_state(
+    node: Mapping[str, Any],
+    inventory: Mapping[str, Any] | None,
+    pods: Iterable[PodRecord],
+    catalog: Catalog,
+) -> NodeState:
+    """Build the core's view of one node from its Node, its NodeInventory and its pods."""
+    name = object_name(node)
+    meta = _mapping(node.get("metadata"))
+    labels = {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()}
+    inv_status = _mapping(_mapping(inventory).get("status")) if inventory else {}
+
+    allocatable = _gpu_allocatable(node, labels, inv_status)
+    product_label = labels.get(GFD_PRODUCT)
+    topology, source = _topology(name, inv_status, product_label, allocatable)
+    product = _product_name(topology, product_label)
+    memory = _gpu_memory(topology, labels, product_label)
+
+    count = topology.gpu_count if topology is not None else 0
+    used: set[int] = set()
+    owners: dict[int, str] = {}
+    for entry in _list(inv_status.get("allocated")):
+        index, owner = _mapping(entry).get("index"), _mapping(entry).get("pod")
+        if isinstance(index, int) and 0 <= index < count:
+            used.add(index)
+            owners[index] = str(owner or "")
+    unindexed = 0
+    for pod in pods:
+        if not pod.holds_gpus or pod.node != name:
+            continue
+        claimed = set(pod.assignment.indices) if pod.assignment is not None else set()
+        valid = pod.assignment is not None and pod.assignment.node == name and all(
+            0 <= i < count for i in claimed
+        )
+        if valid and len(claimed) == pod.gpus:
+            clash = [i for i in claimed if i in used and owners.get(i) not in ("", pod.ref)]
+            if clash:
+                log.warning("node %s: pod %s claims GPUs %s held by others", name, pod.ref, clash)
+            used |= claimed
+            owners.update(dict.fromkeys(claimed, pod.ref))
+        elif pod.ref in owners.values():
+            continue  # the inventory already placed this pod's GPUs
+        else:
+            unindexed += pod.gpus
+    # GPUs the topology shows but the kubelet does not offer (unhealthy, reserved) are busy.
+    unindexed += max(0, count - allocatable)
+    free = frozenset(range(count)) - used
+    return NodeState(
+        name=name,
+        topology=topology,
+        gpu_product=product,
+        gpu_memory_bytes=memory,
+        allocatable_gpus=min(allocatable, count),
+        free_gpus=free,
+        unindexed_busy=unindexed,
+        models=_models(inv_status, catalog),
+        bandwidth=_bandwidth(inv_status),
+        labels=labels,
+        source=source,
+    )
+
+
+def _gpu_allocatable(
+    node: Mapping[str, Any], labels: Mapping[str, str], inv_status: Mapping[str, Any]
+) -> int:
+    status = _mapping(node.get("status"))
+    for field in ("allocatable", "capacity"):
+        value = _mapping(status.get(field)).get(GPU_RESOURCE)
+        if value is not None:
+            try:
+                return parse_whole_quantity(value)
+            except ValueError:
+                log.warning("node %s: bad %s %s=%r", object_name(node), field, GPU_RESOURCE, value)
+                return 0
+    gpus = _list(inv_status.get("gpus"))
+    if gpus:
+        return len(gpus)
+    try:
+        return parse_whole_quantity(labels.get(GFD_COUNT, "0"))
+    except ValueError:
+        return 0
+
+
+def _topology(
+    name: str, inv_status: Mapping[str, Any], product: str | None, allocatable: int
+) -> tuple[NodeTopology | None, str]:
+    gpus = _list(inv_status.get("gpus"))
+    links = _list(inv_status.get("links"))
+    if gpus and links:
+        try:
+            infos = [
+                GpuInfo(
+                    index=int(g["index"]),
+                    numa_node=_opt_int(g.get("numaNode")),
+                    uuid=_opt_str(g.get("uuid")),
+                    product=_opt_str(g.get("product")),
+                    memory_bytes=_opt_int(g.get("memoryBytes")),
+                )
+                for g in (_mapping(g) for g in gpus)
+            ]
+            infos.sort(key=lambda g: g.index)
+            codes = [[str(code) for code in _list(row)] for row in links]
+            return NodeTopology.from_codes(codes, gpus=infos), "inventory"
+        except (KeyError, TypeError, ValueError, TopologyError) as exc:
+            log.warning("node %s: unusable NodeInventory topology (%s); using labels", name, exc)
+    if allocatable <= 0:
+        return None, "labels"
+    if product:
+        preset = preset_for_product(product, allocatable)
+        if preset is not None:
+            return preset, "labels"
+    # Unknown product: GPUs we cannot place well but can still count; assume the worst links.
+    codes = [
+        [Link(LinkKind.SELF).code if i == j else Link(LinkKind.SYS).code for j in range(allocatable)]
+        for i in range(allocatable)
+    ]
+    return NodeTopology.from_codes(codes), "assumed"
+
+
+def _product_name(topology: NodeTopology | None, label: str | None) -> str | None:
+    if topology is not None and topology.gpus and topology.gpus[0].product:
+        found = lookup_product(topology.gpus[0].product)
+        return found.name if found is not None else topology.gpus[0].product
+    if label:
+        found = lookup_product(label)
+        return found.name if found is not None else label
+    return None
+
+
+def _gpu_memory(topology: NodeTopology | None, labels: Mapping[str, str], product: str | None
+                ) -> int:
+    """Per-GPU memory in bytes (the smallest GPU's when they differ); 0 when unknown."""
+    if topology is not None:
+        sizes = [g.memory_bytes for g in topology.gpus if g.memory_bytes]
+        if sizes and len(sizes) == topology.gpu_count:
+            return min(sizes)
+    mib = labels.get(GFD_MEMORY_MIB)
+    if mib:
+        try:
+            return parse_whole_quantity(mib) * 2**20
+        except ValueError:
+            pass
+    if product:
+        found = lookup_product(product)
+        if found is not None:
+            return found.memory_bytes
+    return 0
+
+
+def _models(inv_status: Mapping[str, Any], catalog: Catalog) -> dict[str, tuple[CachedModel, ...]]:
+    cache = _mapping(inv_status.get("modelCache"))
+    models: dict[str, list[CachedModel]] = {}
+    for entry in _list(cache.get("models")):
+        item = _mapping(entry)
+        raw_name = item.get("name")
+        if not isinstance(raw_name, str) or not raw_name:
+            continue
+        try:
+            tier = Tier.parse(str(item.get("tier", "local-disk")))
+        except ValueError as exc:
+            log.warning("model cache entry %s: %s", raw_name, exc)
+            continue
+        spec = catalog.get(raw_name)
+        canonical = (spec.name if spec is not None else raw_name).lower()
+        models.setdefault(canonical, []).append(
+            CachedModel(canonical, tier, _opt_str(item.get("revision")),
+                        _opt_int(item.get("sizeBytes")))
+        )
+    return {name: tuple(copies) for name, copies in models.items()}
+
+
+def _bandwidth(inv_status: Mapping[str, Any]) -> Bandwidth:
+    values = _mapping(inv_status.get("bandwidth"))
+    default = Bandwidth()
+    result = {}
+    for key, attr in (("network", "network"), ("localDisk", "local_disk"),
+                      ("hostMemory", "host_memory"), ("gpu", "gpu")):
+        raw = values.get(key)
+        if raw is None:
+            result[attr] = getattr(default, attr)
+            continue
+        try:
+            value = float(parse_quantity(raw))
+        except ValueError:
+            value = 0.0
+        result[attr] = value if value > 0 else getattr(default, attr)
+    return Bandwidth(**result)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _opt_int(value: object) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def _opt_str(value: object) -> str | None:
+    return str(value) if isinstance(value, str) and value else None

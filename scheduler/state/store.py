@@ -1,0 +1,366 @@
+"""ClusterStore: the in-memory cluster view behind the extender, and the memo that keeps it fast.
+
+The store keeps the raw objects it was fed (Nodes, NodeInventories, Pods), derives one
+NodeState per node from them (scheduler.state.objects), and answers filter / prioritize /
+bind / explain by calling the pure core. Offline mode feeds it once from a file; cluster mode
+feeds it from watches. Either way, a change to a node's objects rebuilds that node's state.
+
+Evaluations are memoised on (pod demand, node shape, residency tier of the pod's model): nodes
+that look alike to the core share one evaluation, so a request over thousands of nodes costs
+one dictionary lookup per node after the first pod of a kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cachetools import LRUCache
+
+from scheduler.core.assignment import GpuAssignment, uuids_for
+from scheduler.core.demand import PodDemand, parse_demand
+from scheduler.core.node import NodeState
+from scheduler.core.placement import DEFAULT_SCORING, NodeEvaluation, ScoringConfig, evaluate
+from scheduler.core.scoring import ScoredNode, relative_scores
+from scheduler.models.catalog import Catalog
+from scheduler.state.objects import PodRecord, node_state, object_name, pod_record
+from scheduler.state.offline import ClusterObjects
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_NODE = NodeEvaluation(
+    False, "node unknown to kvsched (not in its cluster view yet)", unresolvable=False
+)
+
+
+class BindError(RuntimeError):
+    """A bind that must not happen (the node no longer fits, the pod was never seen...)."""
+
+
+class Binder(Protocol):
+    """Makes a bind durable. Offline mode keeps it in memory; cluster mode posts pods/binding."""
+
+    def bind(self, pod: PodRecord, assignment: GpuAssignment, placement: str) -> None: ...
+
+
+class InMemoryBinder:
+    """Offline mode: the store's own record is the only record."""
+
+    def bind(self, pod: PodRecord, assignment: GpuAssignment, placement: str) -> None:
+        log.info("bound %s to %s gpus=%s (%s)", pod.ref, pod.node, assignment.indices, placement)
+
+
+@dataclass(frozen=True, slots=True)
+class FilterResult:
+    passed: list[str]
+    failed: dict[str, str]
+    unresolvable: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BindResult:
+    assignment: GpuAssignment
+    placement: str
+    already_bound: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    state: NodeState
+    shape_id: int
+
+
+class ClusterStore:
+    def __init__(
+        self,
+        catalog: Catalog,
+        scoring: ScoringConfig = DEFAULT_SCORING,
+        binder: Binder | None = None,
+        memo_size: int = 200_000,
+        pending_pods: int = 10_000,
+    ) -> None:
+        self.catalog = catalog
+        self.scoring = scoring
+        self.binder: Binder = binder or InMemoryBinder()
+        self._lock = threading.RLock()
+        self._entries: dict[str, _Entry] = {}
+        self._node_objects: dict[str, Mapping[str, Any]] = {}
+        self._inventories: dict[str, Mapping[str, Any]] = {}
+        self._pods: dict[str, PodRecord] = {}
+        self._pod_objects: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self._pods_by_node: dict[str, dict[str, PodRecord]] = {}
+        self._shape_ids: dict[tuple[object, ...], int] = {}
+        self._demand_ids: dict[tuple[object, ...], int] = {}
+        self._memo: LRUCache[tuple[int, int, int], NodeEvaluation] = LRUCache(memo_size)
+        # Pods seen by filter/prioritize, by UID: bind gets only names and must re-evaluate.
+        self._seen: LRUCache[str, PodDemand] = LRUCache(pending_pods)
+        self.synced = False
+
+    # ---- feeding -------------------------------------------------------------------------
+
+    def load(self, objects: ClusterObjects) -> None:
+        """Replace everything with the given objects (offline load, or a full re-list)."""
+        with self._lock:
+            self._node_objects = {object_name(n): n for n in objects.nodes}
+            self._inventories = {object_name(i): i for i in objects.inventories}
+            self._pods = {}
+            self._pod_objects = {}
+            self._pods_by_node = {}
+            for pod in objects.pods:
+                self._put_pod(pod_record(pod), pod)
+            self._entries = {}
+            for name in self._node_objects:
+                self._rebuild(name)
+            self.synced = True
+
+    def upsert_node(self, node: Mapping[str, Any]) -> None:
+        with self._lock:
+            name = object_name(node)
+            self._node_objects[name] = node
+            self._rebuild(name)
+
+    def delete_node(self, name: str) -> None:
+        with self._lock:
+            self._node_objects.pop(name, None)
+            self._entries.pop(name, None)
+
+    def upsert_inventory(self, inventory: Mapping[str, Any]) -> None:
+        with self._lock:
+            name = object_name(inventory)
+            self._inventories[name] = inventory
+            self._rebuild(name)
+
+    def delete_inventory(self, name: str) -> None:
+        with self._lock:
+            self._inventories.pop(name, None)
+            self._rebuild(name)
+
+    def upsert_pod(self, pod: Mapping[str, Any]) -> None:
+        with self._lock:
+            record = pod_record(pod)
+            old = self._pods.get(record.uid)
+            self._put_pod(record, pod)
+            for node in {record.node, old.node if old else None} - {None}:
+                assert node is not None
+                self._rebuild(node)
+
+    def delete_pod(self, uid: str) -> None:
+        with self._lock:
+            old = self._pods.pop(uid, None)
+            if old is not None:
+                self._pod_objects.pop((old.namespace, old.name), None)
+            if old is not None and old.node is not None:
+                self._pods_by_node.get(old.node, {}).pop(uid, None)
+                self._rebuild(old.node)
+
+    def _put_pod(self, record: PodRecord, obj: Mapping[str, Any] | None = None) -> None:
+        if obj is not None:
+            self._pod_objects[(record.namespace, record.name)] = obj
+        old = self._pods.get(record.uid)
+        if old is not None and old.node is not None:
+            self._pods_by_node.get(old.node, {}).pop(record.uid, None)
+        self._pods[record.uid] = record
+        if record.node is not None:
+            self._pods_by_node.setdefault(record.node, {})[record.uid] = record
+
+    def _rebuild(self, name: str) -> None:
+        node = self._node_objects.get(name)
+        if node is None:
+            self._entries.pop(name, None)
+            return
+        state = node_state(
+            node,
+            self._inventories.get(name),
+            self._pods_by_node.get(name, {}).values(),
+            self.catalog,
+        )
+        shape_id = self._shape_ids.setdefault(state.shape, len(self._shape_ids))
+        self._entries[name] = _Entry(state, shape_id)
+
+    # ---- queries -------------------------------------------------------------------------
+
+    def node(self, name: str) -> NodeState | None:
+        entry = self._entries.get(name)
+        return entry.state if entry is not None else None
+
+    def node_names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def pod(self, uid: str) -> PodRecord | None:
+        return self._pods.get(uid)
+
+    def pod_object(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The pod as last fed to the store (file or watch), for explain."""
+        return self._pod_objects.get((namespace, name))
+
+    def demand(self, pod: Mapping[str, Any]) -> PodDemand:
+        demand = parse_demand(pod, self.catalog)
+        if demand.uid:
+            self._seen[demand.uid] = demand
+        return demand
+
+    def evaluations(
+        self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
+    ) -> list[tuple[str, NodeEvaluation]]:
+        """Evaluate `demand` on each named node; `extra` supplies nodes the store lacks."""
+        demand_id = self._demand_ids.setdefault(demand.key, len(self._demand_ids))
+        model, revision = demand.model, demand.revision
+        entries, memo = self._entries, self._memo
+        result: list[tuple[str, NodeEvaluation]] = []
+        for name in names:
+            entry = entries.get(name)
+            if entry is None:
+                state = extra.get(name) if extra else None
+                if state is None:
+                    result.append((name, UNKNOWN_NODE))
+                    continue
+                shape_id = self._shape_ids.setdefault(state.shape, len(self._shape_ids))
+                entry = _Entry(state, shape_id)
+            tier = -1
+            if model is not None:
+                copy = entry.state.residency(model, revision)
+                tier = -1 if copy is None else int(copy.tier)
+            key = (demand_id, entry.shape_id, tier)
+            evaluation = memo.get(key)
+            if evaluation is None:
+                evaluation = evaluate(demand, entry.state, self.scoring)
+                memo[key] = evaluation
+            result.append((name, evaluation))
+        return result
+
+    def filter(
+        self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
+    ) -> FilterResult:
+        passed: list[str] = []
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        for name, evaluation in self.evaluations(demand, names, extra):
+            if evaluation.fits:
+                passed.append(name)
+            elif evaluation.unresolvable:
+                unresolvable[name] = evaluation.reason
+            else:
+                failed[name] = evaluation.reason
+        return FilterResult(passed, failed, unresolvable)
+
+    def prioritize(
+        self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
+    ) -> list[ScoredNode]:
+        return relative_scores(self.evaluations(demand, names, extra), self.scoring)
+
+    # ---- bind ----------------------------------------------------------------------------
+
+    def bind(self, namespace: str, name: str, uid: str, node_name: str) -> BindResult:
+        """Choose the pod's GPUs on `node_name`, make the bind durable, record it.
+
+        Idempotent: a retry for a pod already bound to that node returns the same GPUs.
+        """
+        with self._lock:
+            existing = self._pods.get(uid)
+            if existing is not None and existing.node is not None:
+                if existing.node != node_name:
+                    raise BindError(
+                        f"pod {namespace}/{name} is already bound to {existing.node}, "
+                        f"not {node_name}"
+                    )
+                if existing.assignment is not None:
+                    return BindResult(existing.assignment, "already bound", already_bound=True)
+            demand = self._seen.get(uid)
+            if demand is None:
+                raise BindError(
+                    f"pod {namespace}/{name} (uid {uid}) was not seen by filter: cannot bind"
+                )
+            entry = self._entries.get(node_name)
+            if entry is None:
+                raise BindError(f"node {node_name} unknown to kvsched")
+            evaluation = evaluate(demand, entry.state, self.scoring)
+            if not evaluation.fits:
+                raise BindError(f"pod {namespace}/{name} no longer fits {node_name}: "
+                                f"{evaluation.reason}")
+            topology = entry.state.topology
+            uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
+            assignment = GpuAssignment(
+                node_name, evaluation.gpus, uuids_for(evaluation.gpus, uuid_by_index)
+            )
+            record = PodRecord(
+                uid=uid,
+                namespace=namespace,
+                name=name,
+                node=node_name,
+                gpus=demand.gpus,
+                assignment=assignment,
+                model=demand.model,
+                phase="Pending",
+            )
+            placement = evaluation.summary()
+            self.binder.bind(record, assignment, placement)
+            self._put_pod(record)
+            self._rebuild(node_name)
+            return BindResult(assignment, placement, already_bound=False)
+
+    def allocations(self) -> dict[str, GpuAssignment]:
+        """Pod ref -> assignment, for every pod holding indexed GPUs."""
+        return {
+            pod.ref: pod.assignment
+            for pod in self._pods.values()
+            if pod.holds_gpus and pod.assignment is not None
+        }
+
+    # ---- explain -------------------------------------------------------------------------
+
+    def explain(
+        self, demand: PodDemand, names: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every term per node, with the reason for every rejection, best node first."""
+        names = list(names) if names is not None else self.node_names()
+        pairs = self.evaluations(demand, names)
+        scores = {s.node: s for s in relative_scores(pairs, self.scoring)}
+        rows = [explain_row(name, evaluation, scores[name]) for name, evaluation in pairs]
+        rows.sort(key=lambda r: (not r["fits"], -r["score"], -r["raw"], r["node"]))
+        return rows
+
+
+def explain_row(name: str, evaluation: NodeEvaluation, scored: ScoredNode) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "node": name,
+        "fits": evaluation.fits,
+        "reason": evaluation.reason,
+        "unresolvable": evaluation.unresolvable,
+        "score": scored.score,
+        "raw": round(scored.raw, 4),
+        "terms": {k: round(v, 4) for k, v in scored.terms.items()},
+        "gpus": list(evaluation.gpus),
+    }
+    if evaluation.gpu_set is not None:
+        # One GPU talks to nobody: "nvlink-complete" would be true but misleading.
+        tier = evaluation.gpu_set.tier.name.lower().replace("_", "-")
+        row["gpuSet"] = {
+            "tier": "single-gpu" if len(evaluation.gpus) == 1 else tier,
+            "quality": round(evaluation.gpu_set.quality, 4),
+            "description": evaluation.gpu_set.description,
+        }
+    if evaluation.cold_start is not None:
+        cold = evaluation.cold_start
+        row["coldStart"] = {
+            "tier": cold.tier.label,
+            "bandwidthBytesPerSecond": cold.bandwidth_bytes_per_s,
+            "weightsBytes": cold.weights_bytes,
+            "loadSeconds": round(cold.load_seconds, 2),
+            "readySeconds": round(cold.ready_seconds, 2),
+        }
+    if evaluation.memory is not None:
+        memory = evaluation.memory
+        row["memory"] = {
+            "usableBytesPerGpu": memory.usable_bytes_per_gpu,
+            "headroomBytesPerGpu": memory.headroom_bytes,
+            "maxKvTokens": memory.max_kv_tokens,
+            "reason": memory.reason,
+        }
+    if evaluation.fits:
+        row["rightSize"] = round(evaluation.right_size, 4)
+        row["fragmentationAfter"] = round(evaluation.fragmentation_after, 4)
+    return row
+
