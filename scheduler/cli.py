@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 # Modules under scheduler.commands, in the order `kvsched --help` lists them.
 COMMAND_MODULES = tuple(
-    m for m in ("extender", "demo", "topology_cmd", "plan_cmd", "explain_cmd")
+    m
+    for m in ("extender", "demo", "topology_cmd", "plan_cmd", "explain_cmd")
     if importlib.util.find_spec(f"scheduler.commands.{m}") is not None
 )
 

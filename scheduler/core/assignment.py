@@ -39,7 +39,11 @@ class GpuAssignment:
         uuids = data.get("uuids", [])
         if not isinstance(node, str) or not node:
             raise ValueError("'node' must be a non-empty string")
-        if not _int_list(indices) or len(set(indices)) != len(indices):
+        if (
+            not isinstance(indices, list)
+            or not _int_list(indices)
+            or len(set(indices)) != len(indices)
+        ):
             raise ValueError("'indices' must be a list of distinct GPU indices >= 0")
         if not isinstance(uuids, list) or not all(isinstance(u, str) for u in uuids):
             raise ValueError("'uuids' must be a list of strings")

@@ -8,6 +8,7 @@ its events rather than being placed on a silent default).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -118,8 +119,14 @@ class PodDemand:
                 self.plan.required_bytes_per_gpu,
                 self.plan.kv_tokens,
             )
-        return (self.gpus, self.model, self.revision, plan_key, self.gpu_memory_utilization,
-                self.error)
+        return (
+            self.gpus,
+            self.model,
+            self.revision,
+            plan_key,
+            self.gpu_memory_utilization,
+            self.error,
+        )
 
     @property
     def ref(self) -> str:
@@ -140,8 +147,8 @@ def gpu_request(pod: Mapping[str, Any]) -> int:
 
 def parse_demand(pod: Mapping[str, Any], catalog: Catalog) -> PodDemand:
     """Parse a core/v1 Pod (as JSON) into a PodDemand; bad input goes into `.error`."""
-    meta = pod.get("metadata") if isinstance(pod.get("metadata"), Mapping) else {}
-    assert isinstance(meta, Mapping)
+    raw_meta = pod.get("metadata")
+    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
     namespace = str(meta.get("namespace") or "default")
     name = str(meta.get("name") or "")
     uid = str(meta.get("uid") or "")
@@ -149,10 +156,8 @@ def parse_demand(pod: Mapping[str, Any], catalog: Catalog) -> PodDemand:
         return _parse(pod, meta, namespace, name, uid, catalog)
     except DemandError as exc:
         gpus = 0
-        try:
+        with contextlib.suppress(DemandError):
             gpus = gpu_request(pod)
-        except DemandError:
-            pass
         return PodDemand(namespace=namespace, name=name, uid=uid, gpus=gpus, error=str(exc))
 
 
@@ -200,8 +205,15 @@ def _parse(
         role=role,
         kv_peer=kv_peer,
     )
-    model_only = (A_REVISION, A_WEIGHTS_BYTES, A_MAX_MODEL_LEN, A_MAX_NUM_SEQS, A_KV_TOKENS,
-                  A_DTYPE, A_KV_DTYPE)
+    model_only = (
+        A_REVISION,
+        A_WEIGHTS_BYTES,
+        A_MAX_MODEL_LEN,
+        A_MAX_NUM_SEQS,
+        A_KV_TOKENS,
+        A_DTYPE,
+        A_KV_DTYPE,
+    )
     if model_name is None:
         stray = [key for key in model_only if key in annotations]
         if stray:
@@ -314,9 +326,7 @@ def _gang(
 T = TypeVar("T")
 
 
-def _optional(
-    annotations: Mapping[str, str], key: str, parse: Callable[[str, str], T]
-) -> T | None:
+def _optional(annotations: Mapping[str, str], key: str, parse: Callable[[str, str], T]) -> T | None:
     text = annotations.get(key)
     if text is None:
         return None
@@ -379,7 +389,9 @@ def _container_gpus(container: Mapping[str, Any]) -> int:
     for kind in ("limits", "requests"):
         values = resources.get(kind) or {}
         if not isinstance(values, Mapping):
-            raise DemandError(f"container {container.get('name')!r}: resources.{kind} is not an object")
+            raise DemandError(
+                f"container {container.get('name')!r}: resources.{kind} is not an object"
+            )
         if GPU_RESOURCE in values:
             raw = values[GPU_RESOURCE]
             try:

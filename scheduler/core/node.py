@@ -109,7 +109,8 @@ class NodeState:
             self,
             "shape",
             (
-                self.topology,
+                # The layout (links + NUMA), not UUIDs: two nodes built alike share a shape.
+                self.topology.layout if self.topology is not None else None,
                 self.gpu_product,
                 self.gpu_memory_bytes,
                 self.allocatable_gpus,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from scheduler.core.demand import GPU_RESOURCE, PodDemand
 from scheduler.core.node import NodeState, Tier
-from scheduler.models.kvplan import GpuFit, fit_on_gpu, format_bytes
+from scheduler.models.kvplan import GpuFit, MemoryPlan, fit_on_gpu, format_bytes
 from topology.select import GpuSetScore, best_gpu_set, fragmentation
 
 
@@ -38,8 +38,12 @@ class ScoringConfig:
     engine_init_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        weights = (self.ready_weight, self.gpu_set_weight, self.right_size_weight,
-                   self.fragmentation_weight)
+        weights = (
+            self.ready_weight,
+            self.gpu_set_weight,
+            self.right_size_weight,
+            self.fragmentation_weight,
+        )
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError("score weights must be >= 0 and not all zero")
         if self.engine_init_seconds < 0:
@@ -58,7 +62,7 @@ class ColdStart:
     ready_seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NodeEvaluation:
     """The verdict on one node for one pod.
 
@@ -129,10 +133,8 @@ def evaluate(
     if demand.plan is not None:
         memory = fit_on_gpu(demand.plan, node.gpu_memory_bytes, demand.gpu_memory_utilization)
         if not memory.fits:
-            product = node.gpu_product or "GPU"
-            return NodeEvaluation(
-                False, f"{product}: {memory.reason}", unresolvable=True, memory=memory
-            )
+            reason = _memory_reason(node.gpu_product or "GPU", demand.plan, memory)
+            return NodeEvaluation(False, reason, unresolvable=True, memory=memory)
 
     free = node.usable_free_gpus
     if len(free) < demand.gpus:
@@ -141,16 +143,19 @@ def evaluate(
             f"{len(free)} of {node.allocatable_gpus} GPUs free, pod needs {demand.gpus}",
             memory=memory,
         )
-    gpu_set = best_gpu_set(node.topology, free, demand.gpus)
+    gpu_set = best_gpu_set(node.topology.layout, free, demand.gpus)
     if gpu_set is None:  # pragma: no cover - len(free) >= k guarantees a set
         return NodeEvaluation(False, "no GPU set available", memory=memory)
 
     cold = _cold_start(demand, node, config)
     right_size = 1.0
     if memory is not None and memory.usable_bytes_per_gpu > 0:
-        right_size = min(1.0, demand.plan.required_bytes_per_gpu / memory.usable_bytes_per_gpu
-                         ) if demand.plan is not None else 1.0
-    frag_after = fragmentation(node.topology, free - set(gpu_set.gpus))
+        right_size = (
+            min(1.0, demand.plan.required_bytes_per_gpu / memory.usable_bytes_per_gpu)
+            if demand.plan is not None
+            else 1.0
+        )
+    frag_after = fragmentation(node.topology.layout, free - set(gpu_set.gpus))
     return NodeEvaluation(
         True,
         "fits",
@@ -160,6 +165,19 @@ def evaluate(
         memory=memory,
         right_size=right_size,
         fragmentation_after=frag_after,
+    )
+
+
+def _memory_reason(product: str, plan: MemoryPlan, memory: GpuFit) -> str:
+    """Short and equal for equal GPUs, so that kube-scheduler's event aggregates it
+    ("1666 nodes: ..."); the itemised arithmetic is in `memory.reason` (explain)."""
+    needs = format_bytes(plan.required_bytes_per_gpu)
+    usable = format_bytes(memory.usable_bytes_per_gpu)
+    if memory.max_kv_tokens == 0 or not plan.kv_known:
+        return f"{product}: needs {needs}/GPU, {usable} usable; weights alone do not fit"
+    return (
+        f"{product}: needs {needs}/GPU, {usable} usable; KV room for "
+        f"{memory.max_kv_tokens:,} of {plan.kv_tokens:,} tokens"
     )
 
 

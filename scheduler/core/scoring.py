@@ -64,27 +64,50 @@ def weighted(terms: Mapping[str, float], config: ScoringConfig) -> float:
     return value / total
 
 
+@dataclass(frozen=True, slots=True)
+class Score:
+    """The score of one distinct evaluation among a candidate set."""
+
+    score: int
+    raw: float
+    terms: Mapping[str, float]
+
+
+NO_SCORE = Score(0, 0.0, {})
+
+
+def score_table(
+    evaluations: Iterable[NodeEvaluation], config: ScoringConfig = DEFAULT_SCORING
+) -> dict[int, Score]:
+    """Scores keyed by `id()` of each distinct feasible evaluation among the candidates.
+
+    Nodes of one shape share an evaluation object, so this costs one computation per distinct
+    evaluation, not per node; callers look their nodes up by `id(evaluation)` while they hold
+    the evaluations.
+    """
+    distinct = {id(e): e for e in evaluations if e.fits}
+    ready_times = [e.ready_seconds for e in distinct.values() if e.ready_seconds is not None]
+    fastest = min(ready_times) if ready_times else None
+    raws: dict[int, tuple[float, dict[str, float]]] = {}
+    for key, evaluation in distinct.items():
+        terms = score_terms(evaluation, fastest)
+        raws[key] = (weighted(terms, config), terms)
+    best = max((raw for raw, _ in raws.values()), default=0.0)
+    table: dict[int, Score] = {}
+    for key, (raw, terms) in raws.items():
+        score = math.floor(MAX_SCORE * raw / best + 0.5) if best > 0 else 0
+        table[key] = Score(max(0, min(MAX_SCORE, score)), raw, terms)
+    return table
+
+
 def relative_scores(
     evaluations: Iterable[tuple[str, NodeEvaluation]], config: ScoringConfig = DEFAULT_SCORING
 ) -> list[ScoredNode]:
     """Integer scores 0..10 for (node name, evaluation) pairs; infeasible nodes score 0."""
     pairs = list(evaluations)
-    ready_times = [e.ready_seconds for _, e in pairs if e.fits and e.ready_seconds is not None]
-    fastest = min(ready_times) if ready_times else None
-    # Nodes of one shape share an evaluation object: compute each distinct one once.
-    raws: dict[int, tuple[float, dict[str, float]]] = {}
-    for _, evaluation in pairs:
-        if evaluation.fits and id(evaluation) not in raws:
-            terms = score_terms(evaluation, fastest)
-            raws[id(evaluation)] = (weighted(terms, config), terms)
-    best = max((raw for raw, _ in raws.values()), default=0.0)
+    table = score_table((e for _, e in pairs), config)
     scored: list[ScoredNode] = []
     for name, evaluation in pairs:
-        found = raws.get(id(evaluation)) if evaluation.fits else None
-        if found is None:
-            scored.append(ScoredNode(name, 0, 0.0, {}))
-            continue
-        raw, terms = found
-        score = math.floor(MAX_SCORE * raw / best + 0.5) if best > 0 else 0
-        scored.append(ScoredNode(name, max(0, min(MAX_SCORE, score)), raw, terms))
+        found = table.get(id(evaluation), NO_SCORE)
+        scored.append(ScoredNode(name, found.score, found.raw, found.terms))
     return scored

@@ -78,17 +78,17 @@ def cluster_objects() -> list[dict[str, Any]]:
     for kind in KINDS:
         for i in range(1, kind.count + 1):
             name = f"{kind.prefix}-{i:02d}"
-            objects.append(_node(name, kind))
+            objects.append(node_object(name, kind))
             if name not in LABELS_ONLY:
-                objects.append(_inventory(name, kind))
+                objects.append(inventory_object(name, kind))
     for cpu in ("cpu-01", "cpu-02"):
-        objects.append(_cpu_node(cpu))
+        objects.append(cpu_node_object(cpu))
     for node, gpus, pod in BUSY:
-        objects.append(_running_pod(pod, node, gpus))
+        objects.append(running_pod(pod, node, gpus))
     return objects
 
 
-def _node(name: str, kind: NodeKind) -> dict[str, Any]:
+def node_object(name: str, kind: NodeKind) -> dict[str, Any]:
     product = lookup_product(kind.product_label)
     memory_mib = product.memory_bytes // 2**20 if product is not None else 0
     gpus = str(GPUS_PER_NODE)
@@ -107,12 +107,17 @@ def _node(name: str, kind: NodeKind) -> dict[str, Any]:
         },
         "status": {
             "capacity": {"cpu": "224", "memory": "2Ti", "pods": "110", "nvidia.com/gpu": gpus},
-            "allocatable": {"cpu": "220", "memory": "1980Gi", "pods": "110", "nvidia.com/gpu": gpus},
+            "allocatable": {
+                "cpu": "220",
+                "memory": "1980Gi",
+                "pods": "110",
+                "nvidia.com/gpu": gpus,
+            },
         },
     }
 
 
-def _cpu_node(name: str) -> dict[str, Any]:
+def cpu_node_object(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -124,7 +129,7 @@ def _cpu_node(name: str) -> dict[str, Any]:
     }
 
 
-def _inventory(name: str, kind: NodeKind) -> dict[str, Any]:
+def inventory_object(name: str, kind: NodeKind) -> dict[str, Any]:
     topology = PRESETS[kind.preset]
     product = lookup_product(kind.product_label)
     memory = product.memory_bytes if product is not None else 0
@@ -171,7 +176,7 @@ def _inventory(name: str, kind: NodeKind) -> dict[str, Any]:
     }
 
 
-def _running_pod(name: str, node: str, gpus: tuple[int, ...]) -> dict[str, Any]:
+def running_pod(name: str, node: str, gpus: tuple[int, ...]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -224,32 +229,73 @@ def demo_pods() -> list[dict[str, Any]]:
     """The example LLM pods, in the order the demo schedules them."""
     m = "kvsched.io/model"
     return [
-        llm_pod("llama-8b-chat", 1, {m: "meta-llama/Llama-3.1-8B-Instruct",
-                                     "kvsched.io/max-model-len": "8192",
-                                     "kvsched.io/max-num-seqs": "16"}),
-        llm_pod("llama-70b-tp4", 4, {m: "meta-llama/Llama-3.1-70B-Instruct",
-                                     "kvsched.io/max-model-len": "32768",
-                                     "kvsched.io/max-num-seqs": "4"}),
-        llm_pod("llama-70b-tp8", 8, {m: "meta-llama/Llama-3.1-70B-Instruct",
-                                     "kvsched.io/max-model-len": "131072",
-                                     "kvsched.io/max-num-seqs": "8"}),
-        llm_pod("qwen-32b-tp2", 2, {m: "Qwen/Qwen2.5-32B-Instruct",
-                                    "kvsched.io/max-model-len": "4096",
-                                    "kvsched.io/max-num-seqs": "4"}),
-        llm_pod("mixtral-tp2", 2, {m: "mistralai/Mixtral-8x7B-Instruct-v0.1",
-                                   "kvsched.io/max-model-len": "32768"}),
-        llm_pod("deepseek-v3", 8, {m: "deepseek-ai/DeepSeek-V3",
-                                   "kvsched.io/max-model-len": "32768",
-                                   "kvsched.io/max-num-seqs": "4"}),
-        llm_pod("llama-405b-fp8", 8, {m: "meta-llama/Llama-3.1-405B-Instruct",
-                                      "kvsched.io/dtype": "fp8",
-                                      "kvsched.io/max-model-len": "16384"}),
-        llm_pod("gpt-oss-120b", 1, {m: "openai/gpt-oss-120b",
-                                    "kvsched.io/max-model-len": "32768"}),
+        llm_pod(
+            "llama-8b-chat",
+            1,
+            {
+                m: "meta-llama/Llama-3.1-8B-Instruct",
+                "kvsched.io/max-model-len": "8192",
+                "kvsched.io/max-num-seqs": "16",
+            },
+        ),
+        llm_pod(
+            "llama-70b-tp4",
+            4,
+            {
+                m: "meta-llama/Llama-3.1-70B-Instruct",
+                "kvsched.io/max-model-len": "32768",
+                "kvsched.io/max-num-seqs": "4",
+            },
+        ),
+        llm_pod(
+            "llama-70b-tp8",
+            8,
+            {
+                m: "meta-llama/Llama-3.1-70B-Instruct",
+                "kvsched.io/max-model-len": "131072",
+                "kvsched.io/max-num-seqs": "8",
+            },
+        ),
+        llm_pod(
+            "qwen-32b-tp2",
+            2,
+            {
+                m: "Qwen/Qwen2.5-32B-Instruct",
+                "kvsched.io/max-model-len": "4096",
+                "kvsched.io/max-num-seqs": "4",
+            },
+        ),
+        llm_pod(
+            "mixtral-tp2",
+            2,
+            {m: "mistralai/Mixtral-8x7B-Instruct-v0.1", "kvsched.io/max-model-len": "32768"},
+        ),
+        llm_pod(
+            "deepseek-v3",
+            8,
+            {
+                m: "deepseek-ai/DeepSeek-V3",
+                "kvsched.io/max-model-len": "32768",
+                "kvsched.io/max-num-seqs": "4",
+            },
+        ),
+        llm_pod(
+            "llama-405b-fp8",
+            8,
+            {
+                m: "meta-llama/Llama-3.1-405B-Instruct",
+                "kvsched.io/dtype": "fp8",
+                "kvsched.io/max-model-len": "16384",
+            },
+        ),
+        llm_pod("gpt-oss-120b", 1, {m: "openai/gpt-oss-120b", "kvsched.io/max-model-len": "32768"}),
         llm_pod("qwen-7b-a", 1, {m: "Qwen/Qwen2.5-7B-Instruct"}),
         llm_pod("embedder-no-model", 1, {}),
         llm_pod("llama-405b-tp4-too-big", 4, {m: "meta-llama/Llama-3.1-405B-Instruct"}),
-        llm_pod("typo-annotation", 1, {m: "meta-llama/Llama-3.1-8B-Instruct",
-                                       "kvsched.io/max-num-seqs": "lots"}),
+        llm_pod(
+            "typo-annotation",
+            1,
+            {m: "meta-llama/Llama-3.1-8B-Instruct", "kvsched.io/max-num-seqs": "lots"},
+        ),
         llm_pod("unknown-model", 2, {m: "acme/secret-model-13b"}),
     ]

@@ -66,8 +66,18 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_extender(cluster_file: Path, port: int) -> Iterator[str]:
     """Run `kvsched extender` as its own process, as it runs beside kube-scheduler."""
-    command = [sys.executable, "-m", "scheduler.cli", "extender", "--cluster-file",
-               str(cluster_file), "--port", str(port), "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "scheduler.cli",
+        "extender",
+        "--cluster-file",
+        str(cluster_file),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     process = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -110,8 +120,9 @@ class SchedulerEmulator:
         meta = pod["metadata"]
         gpus = gpu_request(pod)
         outcome = Outcome(
-            pod=meta["name"], gpus=gpus, model=meta.get("annotations", {}).get(
-                "kvsched.io/model", "-")
+            pod=meta["name"],
+            gpus=gpus,
+            model=meta.get("annotations", {}).get("kvsched.io/model", "-"),
         )
         # In-tree NodeResourcesFit: only nodes with enough unallocated GPUs reach the extender.
         names = sorted(n for n, free in self.free.items() if free >= gpus)
@@ -129,8 +140,15 @@ class SchedulerEmulator:
         # kube-scheduler breaks ties at random; the demo breaks them by name to be repeatable.
         node = sorted(passed, key=lambda n: (-scores[n], n))[0]
         explanation = self._post("/explain", {"Pod": pod, "Nodes": None, "NodeNames": names})
-        bind = self._post("/bind", {"PodName": meta["name"], "PodNamespace": meta["namespace"],
-                                    "PodUID": meta["uid"], "Node": node})
+        bind = self._post(
+            "/bind",
+            {
+                "PodName": meta["name"],
+                "PodNamespace": meta["namespace"],
+                "PodUID": meta["uid"],
+                "Node": node,
+            },
+        )
         if bind["Error"]:
             outcome.error = "bind failed: " + bind["Error"]
             return outcome
@@ -148,8 +166,11 @@ class SchedulerEmulator:
         if others:
             outcome.runner_up = f"{others[0]} ({scores[others[0]]})"
             outcome.losers.append(lost_by_score(chosen, rows[others[0]]))
-        failed = {r["node"]: r["reason"] for r in explanation["nodes"]
-                  if not r["fits"] and r["node"] in names}
+        failed = {
+            r["node"]: r["reason"]
+            for r in explanation["nodes"]
+            if not r["fits"] and r["node"] in names
+        }
         if failed:
             outcome.losers.append(summarize(failed, len(self.free) - len(names), gpus))
         return outcome
@@ -162,20 +183,18 @@ class SchedulerEmulator:
 
 def lost_by_score(winner: Mapping[str, Any], other: Mapping[str, Any]) -> str:
     """Say which term cost the runner-up the most."""
-    gaps = {term: winner["terms"][term] - other["terms"].get(term, 0.0)
-            for term in winner["terms"]}
+    gaps = {term: winner["terms"][term] - other["terms"].get(term, 0.0) for term in winner["terms"]}
     term = max(gaps, key=lambda t: gaps[t])
     if gaps[term] <= 0:
         return f"runner-up {other['node']} tied on every term (ties broken by name)"
+    cold = other.get("coldStart", {})
     detail = {
-        "ready": lambda r: f"weights from {r.get('coldStart', {}).get('tier', '?')}, ready "
-        f"~{r.get('coldStart', {}).get('readySeconds', 0):.0f}s",
-        "gpu_set": lambda r: r.get("gpuSet", {}).get("description", "?"),
-        "right_size": lambda r: f"uses {r.get('rightSize', 0):.0%} of each GPU",
-        "fragmentation": lambda r: f"leaves free GPUs {r.get('fragmentationAfter', 0):.0%} "
-        "fragmented",
+        "ready": f"weights from {cold.get('tier', '?')}, ready ~{cold.get('readySeconds', 0):.0f}s",
+        "gpu_set": other.get("gpuSet", {}).get("description", "?"),
+        "right_size": f"uses {other.get('rightSize', 0):.0%} of each GPU",
+        "fragmentation": f"leaves free GPUs {other.get('fragmentationAfter', 0):.0%} fragmented",
     }[term]
-    return f"runner-up {other['node']} lost on {term}: {detail(other)}"
+    return f"runner-up {other['node']} lost on {term}: {detail}"
 
 
 def short_reason(reason: str) -> str:
@@ -187,28 +206,51 @@ def summarize(reasons: Mapping[str, str], resource_filtered: int, gpus: int) -> 
     counts = Counter(short_reason(r) for r in reasons.values())
     parts = [f"{n} node{'s' if n > 1 else ''}: {reason}" for reason, n in counts.most_common(3)]
     if len(counts) > 3:
-        parts.append(f"{sum(counts.values()) - sum(n for _, n in counts.most_common(3))} "
-                     "nodes: other reasons")
+        parts.append(
+            f"{sum(counts.values()) - sum(n for _, n in counts.most_common(3))} "
+            "nodes: other reasons"
+        )
     if resource_filtered:
-        parts.append(f"{resource_filtered} nodes: fewer than {gpus} unallocated "
-                     f"GPU{'s' if gpus > 1 else ''} (kube-scheduler's own filter)")
+        parts.append(
+            f"{resource_filtered} nodes: fewer than {gpus} unallocated "
+            f"GPU{'s' if gpus > 1 else ''} (kube-scheduler's own filter)"
+        )
     return "; ".join(parts)
 
 
 def render(outcomes: Sequence[Outcome]) -> str:
-    header = ("POD", "GPUS", "MODEL", "NODE", "GPU IDS", "GPU SET", "WEIGHTS FROM", "READY",
-              "RUNNER-UP")
+    header = (
+        "POD",
+        "GPUS",
+        "MODEL",
+        "NODE",
+        "GPU IDS",
+        "GPU SET",
+        "WEIGHTS FROM",
+        "READY",
+        "RUNNER-UP",
+    )
     rows = [header]
     for o in outcomes:
         ready = f"{o.ready_seconds:.0f}s" if o.ready_seconds is not None else "-"
-        rows.append((
-            o.pod, str(o.gpus), short_model(o.model), o.node or "PENDING",
-            ",".join(map(str, o.gpu_indices)) or "-", o.gpu_set or "-", o.weights_from or "-",
-            ready if o.node else "-", o.runner_up or "-",
-        ))
+        rows.append(
+            (
+                o.pod,
+                str(o.gpus),
+                short_model(o.model),
+                o.node or "PENDING",
+                ",".join(map(str, o.gpu_indices)) or "-",
+                o.gpu_set or "-",
+                o.weights_from or "-",
+                ready if o.node else "-",
+                o.runner_up or "-",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
     lines.append("Why the other nodes lost:")
@@ -229,12 +271,15 @@ def run_demo(dump: Path | None = None) -> str:
         folder = dump if dump is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         cluster_file = write_cluster(folder)
-        with running_extender(cluster_file, free_port()) as url, httpx.Client(
-            base_url=url, timeout=10.0
-        ) as client:
+        with (
+            running_extender(cluster_file, free_port()) as url,
+            httpx.Client(base_url=url, timeout=10.0) as client,
+        ):
             emulator = SchedulerEmulator(client, objects)
             outcomes = [emulator.schedule(pod) for pod in demo_pods()]
     gpu_nodes = sum(1 for o in objects if o["kind"] == "Node") - 2
-    title = (f"kvsched demo: {len(outcomes)} LLM pods onto {gpu_nodes} GPU nodes "
-             "(kube-scheduler emulated; extender over HTTP)")
+    title = (
+        f"kvsched demo: {len(outcomes)} LLM pods onto {gpu_nodes} GPU nodes "
+        "(kube-scheduler emulated; extender over HTTP)"
+    )
     return title + "\n\n" + render(outcomes)

@@ -49,7 +49,7 @@ class AppSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
-class HTTPProblem(Exception):
+class RequestBodyError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -63,13 +63,15 @@ def json_response(content: Any, status: int = 200) -> Response:
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPProblem(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
+        raise RequestBodyError(
+            413, f"request body of {declared} bytes exceeds the {limit}-byte limit"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPProblem(413, f"request body exceeds the {limit}-byte limit")
+            raise RequestBodyError(413, f"request body exceeds the {limit}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -87,7 +89,7 @@ def create_app(store: ClusterStore, settings: AppSettings | None = None) -> Fast
             body = await read_body(request, settings.max_body_bytes)
             result = handle(decode_json(body))
             outcome, response = "ok", json_response(result)
-        except HTTPProblem as exc:
+        except RequestBodyError as exc:
             outcome, response = "bad_request", json_response({"Error": exc.message}, exc.status)
         except WireError as exc:
             outcome, response = "bad_request", json_response({"Error": str(exc)}, 400)
@@ -122,8 +124,8 @@ def create_app(store: ClusterStore, settings: AppSettings | None = None) -> Fast
     def do_prioritize(data: Any) -> Any:
         args = parse_extender_args(data)
         demand = store.demand(args.pod)
-        scored = store.prioritize(demand, args.node_names, extra_nodes(args.nodes))
-        return host_priorities([(s.node, s.score) for s in scored])
+        scores = store.prioritize_scores(demand, args.node_names, extra_nodes(args.nodes))
+        return host_priorities(args.node_names, scores)
 
     def do_bind(data: Any) -> Any:
         args = parse_binding_args(data)
@@ -131,8 +133,9 @@ def create_app(store: ClusterStore, settings: AppSettings | None = None) -> Fast
             result = store.bind(args.pod_namespace, args.pod_name, args.pod_uid, args.node)
         except BindError as exc:
             metrics.binds.labels("rejected").inc()
-            log.warning("bind %s/%s -> %s rejected: %s", args.pod_namespace, args.pod_name,
-                        args.node, exc)
+            log.warning(
+                "bind %s/%s -> %s rejected: %s", args.pod_namespace, args.pod_name, args.node, exc
+            )
             return {"Error": str(exc)}
         metrics.binds.labels("already_bound" if result.already_bound else "bound").inc()
         return {"Error": ""}

@@ -67,15 +67,17 @@ def parse_extender_args(data: Any) -> ExtenderArgs:
     names = _get(data, "NodeNames")
     nodes = _get(data, "Nodes")
     if names is not None:
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list) or not all(type(n) is str for n in names):
             raise WireError("'NodeNames' must be a list of strings or null")
         return ExtenderArgs(pod, names, None)
     if nodes is not None:
         items = nodes.get("items") if isinstance(nodes, Mapping) else None
-        if not isinstance(items, list) or not all(isinstance(n, Mapping) for n in items):
+        if not isinstance(items, list):
             raise WireError("'Nodes' must be a NodeList object with an 'items' list")
         node_names: list[str] = []
         for item in items:
+            if not isinstance(item, Mapping):
+                raise WireError("every item of 'Nodes.items' must be a Node object")
             meta = item.get("metadata")
             name = meta.get("name") if isinstance(meta, Mapping) else None
             if not isinstance(name, str) or not name:
@@ -110,8 +112,11 @@ def filter_result(
         names_field: list[str] | None = list(passed)
     else:
         keep = set(passed)
-        nodes_field = {"items": [n for n, name in zip(args.nodes, args.node_names, strict=True)
-                                 if name in keep]}
+        nodes_field = {
+            "items": [
+                n for n, name in zip(args.nodes, args.node_names, strict=True) if name in keep
+            ]
+        }
         names_field = None
     return {
         "Nodes": nodes_field,
@@ -122,6 +127,6 @@ def filter_result(
     }
 
 
-def host_priorities(scores: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+def host_priorities(hosts: Sequence[str], scores: Sequence[int]) -> list[dict[str, Any]]:
     """`HostPriorityList`: Score must be an integer, or the whole answer is dropped."""
-    return [{"Host": host, "Score": int(score)} for host, score in scores]
+    return [{"Host": host, "Score": int(score)} for host, score in zip(hosts, scores, strict=True)]

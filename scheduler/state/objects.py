@@ -120,8 +120,10 @@ def node_state(
         if not pod.holds_gpus or pod.node != name:
             continue
         claimed = set(pod.assignment.indices) if pod.assignment is not None else set()
-        valid = pod.assignment is not None and pod.assignment.node == name and all(
-            0 <= i < count for i in claimed
+        valid = (
+            pod.assignment is not None
+            and pod.assignment.node == name
+            and all(0 <= i < count for i in claimed)
         )
         if valid and len(claimed) == pod.gpus:
             clash = [i for i in claimed if i in used and owners.get(i) not in ("", pod.ref)]
@@ -202,7 +204,10 @@ def _topology(
             return preset, "labels"
     # Unknown product: GPUs we cannot place well but can still count; assume the worst links.
     codes = [
-        [Link(LinkKind.SELF).code if i == j else Link(LinkKind.SYS).code for j in range(allocatable)]
+        [
+            Link(LinkKind.SELF).code if i == j else Link(LinkKind.SYS).code
+            for j in range(allocatable)
+        ]
         for i in range(allocatable)
     ]
     return NodeTopology.from_codes(codes), "assumed"
@@ -218,8 +223,9 @@ def _product_name(topology: NodeTopology | None, label: str | None) -> str | Non
     return None
 
 
-def _gpu_memory(topology: NodeTopology | None, labels: Mapping[str, str], product: str | None
-                ) -> int:
+def _gpu_memory(
+    topology: NodeTopology | None, labels: Mapping[str, str], product: str | None
+) -> int:
     """Per-GPU memory in bytes (the smallest GPU's when they differ); 0 when unknown."""
     if topology is not None:
         sizes = [g.memory_bytes for g in topology.gpus if g.memory_bytes]
@@ -254,8 +260,9 @@ def _models(inv_status: Mapping[str, Any], catalog: Catalog) -> dict[str, tuple[
         spec = catalog.get(raw_name)
         canonical = (spec.name if spec is not None else raw_name).lower()
         models.setdefault(canonical, []).append(
-            CachedModel(canonical, tier, _opt_str(item.get("revision")),
-                        _opt_int(item.get("sizeBytes")))
+            CachedModel(
+                canonical, tier, _opt_str(item.get("revision")), _opt_int(item.get("sizeBytes"))
+            )
         )
     return {name: tuple(copies) for name, copies in models.items()}
 
@@ -264,8 +271,12 @@ def _bandwidth(inv_status: Mapping[str, Any]) -> Bandwidth:
     values = _mapping(inv_status.get("bandwidth"))
     default = Bandwidth()
     result = {}
-    for key, attr in (("network", "network"), ("localDisk", "local_disk"),
-                      ("hostMemory", "host_memory"), ("gpu", "gpu")):
+    for key, attr in (
+        ("network", "network"),
+        ("localDisk", "local_disk"),
+        ("hostMemory", "host_memory"),
+        ("gpu", "gpu"),
+    ):
         raw = values.get(key)
         if raw is None:
             result[attr] = getattr(default, attr)
@@ -287,11 +298,11 @@ def _list(value: object) -> list[Any]:
 
 
 def _opt_int(value: object) -> int | None:
-    if value is None or isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+        return int(value)
+    except ValueError:
         return None
 
 

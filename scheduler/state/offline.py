@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
+# libyaml's parser when PyYAML was built with it (the wheels are), else the pure-Python one.
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -77,11 +80,19 @@ def _documents(file: Path) -> Iterator[Mapping[str, Any]]:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ClusterFileError(f"{file}: cannot read: {exc}") from None
-    try:
-        # JSON is YAML; one parser covers both and multi-document streams.
-        documents = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        raise ClusterFileError(f"{file}: not YAML or JSON: {exc}") from None
+    documents: list[Any]
+    if file.suffix == ".json":
+        # JSON is YAML too, but the JSON parser is two orders of magnitude faster on the
+        # thousands-of-nodes snapshots benchmarks and real clusters produce.
+        try:
+            documents = [orjson.loads(text)]
+        except orjson.JSONDecodeError as exc:
+            raise ClusterFileError(f"{file}: not JSON: {exc}") from None
+    else:
+        try:
+            documents = list(yaml.load_all(text, Loader=_YAML_LOADER))
+        except yaml.YAMLError as exc:
+            raise ClusterFileError(f"{file}: not YAML or JSON: {exc}") from None
     for number, document in enumerate(documents, start=1):
         if document is None:
             continue

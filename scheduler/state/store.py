@@ -24,7 +24,7 @@ from scheduler.core.assignment import GpuAssignment, uuids_for
 from scheduler.core.demand import PodDemand, parse_demand
 from scheduler.core.node import NodeState
 from scheduler.core.placement import DEFAULT_SCORING, NodeEvaluation, ScoringConfig, evaluate
-from scheduler.core.scoring import ScoredNode, relative_scores
+from scheduler.core.scoring import ScoredNode, relative_scores, score_table
 from scheduler.models.catalog import Catalog
 from scheduler.state.objects import PodRecord, node_state, object_name, pod_record
 from scheduler.state.offline import ClusterObjects
@@ -68,9 +68,26 @@ class BindResult:
 
 
 @dataclass(frozen=True, slots=True)
+class _DemandMemo:
+    """Evaluations of one kind of pod (one demand key).
+
+    by_shape: (node shape id << 3 | residency tier + 1) -> evaluation; never stale, because
+    the key holds every input of the evaluation.
+    by_name: node name -> evaluation; a shortcut that `_rebuild` invalidates per node.
+    """
+
+    by_shape: dict[int, NodeEvaluation]
+    by_name: dict[str, NodeEvaluation]
+
+
+@dataclass(frozen=True, slots=True)
 class _Entry:
+    """A node's state with what the hot path needs precomputed: its interned shape id and, per
+    cached model, the best residency tier + 1 (0 = not cached)."""
+
     state: NodeState
     shape_id: int
+    tiers: dict[str, int]
 
 
 class ClusterStore:
@@ -79,7 +96,8 @@ class ClusterStore:
         catalog: Catalog,
         scoring: ScoringConfig = DEFAULT_SCORING,
         binder: Binder | None = None,
-        memo_size: int = 200_000,
+        memo_pods: int = 4096,
+        max_shapes: int = 1_000_000,
         pending_pods: int = 10_000,
     ) -> None:
         self.catalog = catalog
@@ -93,8 +111,9 @@ class ClusterStore:
         self._pod_objects: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._pods_by_node: dict[str, dict[str, PodRecord]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
-        self._demand_ids: dict[tuple[object, ...], int] = {}
-        self._memo: LRUCache[tuple[int, int, int], NodeEvaluation] = LRUCache(memo_size)
+        self._max_shapes = max_shapes
+        # One table per kind of pod (demand key); LRU over kinds, plain dicts inside.
+        self._memo: LRUCache[tuple[object, ...], _DemandMemo] = LRUCache(memo_pods)
         # Pods seen by filter/prioritize, by UID: bind gets only names and must re-evaluate.
         self._seen: LRUCache[str, PodDemand] = LRUCache(pending_pods)
         self.synced = False
@@ -125,7 +144,7 @@ class ClusterStore:
     def delete_node(self, name: str) -> None:
         with self._lock:
             self._node_objects.pop(name, None)
-            self._entries.pop(name, None)
+            self._rebuild(name)
 
     def upsert_inventory(self, inventory: Mapping[str, Any]) -> None:
         with self._lock:
@@ -167,6 +186,8 @@ class ClusterStore:
             self._pods_by_node.setdefault(record.node, {})[record.uid] = record
 
     def _rebuild(self, name: str) -> None:
+        for memo in self._memo.values():
+            memo.by_name.pop(name, None)
         node = self._node_objects.get(name)
         if node is None:
             self._entries.pop(name, None)
@@ -177,8 +198,7 @@ class ClusterStore:
             self._pods_by_node.get(name, {}).values(),
             self.catalog,
         )
-        shape_id = self._shape_ids.setdefault(state.shape, len(self._shape_ids))
-        self._entries[name] = _Entry(state, shape_id)
+        self._entries[name] = self._entry(state)
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -204,52 +224,100 @@ class ClusterStore:
 
     def evaluations(
         self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
-    ) -> list[tuple[str, NodeEvaluation]]:
-        """Evaluate `demand` on each named node; `extra` supplies nodes the store lacks."""
-        demand_id = self._demand_ids.setdefault(demand.key, len(self._demand_ids))
+    ) -> list[NodeEvaluation]:
+        """Evaluate `demand` on each named node (same order); `extra` supplies nodes the store
+        lacks (full-Nodes requests).
+
+        This is the hot path. Once a kind of pod has been seen, each node costs one dict lookup
+        (`by_name`, done in C by `map`); only nodes that changed since fall through to the
+        per-shape table, and only new shapes reach the core.
+        """
+        memo = self._memo_for(demand)
+        result = list(map(memo.by_name.get, names))
+        if None not in result:
+            return result  # type: ignore[return-value]
         model, revision = demand.model, demand.revision
-        entries, memo = self._entries, self._memo
-        result: list[tuple[str, NodeEvaluation]] = []
-        for name in names:
-            entry = entries.get(name)
+        for position, name in enumerate(names):
+            if result[position] is not None:
+                continue
+            entry = self._entries.get(name)
+            known = entry is not None
             if entry is None:
                 state = extra.get(name) if extra else None
                 if state is None:
-                    result.append((name, UNKNOWN_NODE))
+                    result[position] = UNKNOWN_NODE
                     continue
-                shape_id = self._shape_ids.setdefault(state.shape, len(self._shape_ids))
-                entry = _Entry(state, shape_id)
-            tier = -1
-            if model is not None:
+                entry = self._entry(state)
+            if model is None:
+                key = entry.shape_id << 3
+            elif revision is None:
+                key = (entry.shape_id << 3) | entry.tiers.get(model, 0)
+            else:
                 copy = entry.state.residency(model, revision)
-                tier = -1 if copy is None else int(copy.tier)
-            key = (demand_id, entry.shape_id, tier)
-            evaluation = memo.get(key)
+                key = (entry.shape_id << 3) | (0 if copy is None else int(copy.tier) + 1)
+            evaluation = memo.by_shape.get(key)
             if evaluation is None:
-                evaluation = evaluate(demand, entry.state, self.scoring)
-                memo[key] = evaluation
-            result.append((name, evaluation))
-        return result
+                evaluation = memo.by_shape[key] = evaluate(demand, entry.state, self.scoring)
+            if known:
+                memo.by_name[name] = evaluation
+            result[position] = evaluation
+        return result  # type: ignore[return-value]
+
+    def _memo_for(self, demand: PodDemand) -> _DemandMemo:
+        memo = self._memo.get(demand.key)
+        if memo is None:
+            memo = self._memo[demand.key] = _DemandMemo({}, {})
+        return memo
+
+    def _entry(self, state: NodeState) -> _Entry:
+        shape_id = self._shape_ids.get(state.shape)
+        if shape_id is None:
+            if len(self._shape_ids) >= self._max_shapes:
+                # Shapes only accumulate (every free-GPU mask a node ever had); start afresh
+                # rather than grow without bound. Evaluations are recomputed on demand.
+                self._shape_ids.clear()
+                self._memo.clear()
+                for name, old in list(self._entries.items()):
+                    self._entries[name] = self._entry(old.state)
+            shape_id = self._shape_ids[state.shape] = len(self._shape_ids)
+        tiers: dict[str, int] = {}
+        for model, copies in state.models.items():
+            tiers[model] = max(int(c.tier) for c in copies) + 1
+        return _Entry(state, shape_id, tiers)
 
     def filter(
         self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
     ) -> FilterResult:
-        passed: list[str] = []
-        failed: dict[str, str] = {}
-        unresolvable: dict[str, str] = {}
-        for name, evaluation in self.evaluations(demand, names, extra):
-            if evaluation.fits:
-                passed.append(name)
-            elif evaluation.unresolvable:
-                unresolvable[name] = evaluation.reason
-            else:
-                failed[name] = evaluation.reason
-        return FilterResult(passed, failed, unresolvable)
+        evaluations = self.evaluations(demand, names, extra)
+        passed = [name for name, e in zip(names, evaluations, strict=True) if e.fits]
+        if len(passed) == len(names):
+            return FilterResult(passed, {}, {})
+        return FilterResult(
+            passed=passed,
+            failed={
+                name: e.reason
+                for name, e in zip(names, evaluations, strict=True)
+                if not e.fits and not e.unresolvable
+            },
+            unresolvable={
+                name: e.reason for name, e in zip(names, evaluations, strict=True) if e.unresolvable
+            },
+        )
 
     def prioritize(
         self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
     ) -> list[ScoredNode]:
-        return relative_scores(self.evaluations(demand, names, extra), self.scoring)
+        """Scores with their terms, for explain and tests."""
+        pairs = zip(names, self.evaluations(demand, names, extra), strict=True)
+        return relative_scores(pairs, self.scoring)
+
+    def prioritize_scores(
+        self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
+    ) -> list[int]:
+        """Scores only, in the order of `names`: the extender's prioritize, no per-node objects."""
+        evaluations = self.evaluations(demand, names, extra)
+        score_of = {key: s.score for key, s in score_table(evaluations, self.scoring).items()}
+        return [score_of.get(id(e), 0) for e in evaluations]
 
     # ---- bind ----------------------------------------------------------------------------
 
@@ -278,8 +346,9 @@ class ClusterStore:
                 raise BindError(f"node {node_name} unknown to kvsched")
             evaluation = evaluate(demand, entry.state, self.scoring)
             if not evaluation.fits:
-                raise BindError(f"pod {namespace}/{name} no longer fits {node_name}: "
-                                f"{evaluation.reason}")
+                raise BindError(
+                    f"pod {namespace}/{name} no longer fits {node_name}: {evaluation.reason}"
+                )
             topology = entry.state.topology
             uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
             assignment = GpuAssignment(
@@ -316,7 +385,7 @@ class ClusterStore:
     ) -> list[dict[str, Any]]:
         """Every term per node, with the reason for every rejection, best node first."""
         names = list(names) if names is not None else self.node_names()
-        pairs = self.evaluations(demand, names)
+        pairs = list(zip(names, self.evaluations(demand, names), strict=True))
         scores = {s.node: s for s in relative_scores(pairs, self.scoring)}
         rows = [explain_row(name, evaluation, scores[name]) for name, evaluation in pairs]
         rows.sort(key=lambda r: (not r["fits"], -r["score"], -r["raw"], r["node"]))
@@ -363,4 +432,3 @@ def explain_row(name: str, evaluation: NodeEvaluation, scored: ScoredNode) -> di
         row["rightSize"] = round(evaluation.right_size, 4)
         row["fragmentationAfter"] = round(evaluation.fragmentation_after, 4)
     return row
-

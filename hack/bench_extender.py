@@ -1,0 +1,290 @@
+"""Extender latency benchmark: filter + prioritize for one pod over HTTP, kvsched vs the floor.
+
+For each cluster size it writes a seeded synthetic GPU pool (scheduler.demo.synthetic), starts
+`kvsched extender` on it and the do-nothing extender (hack/floor_extender.py) beside it, and
+sends the same cache-mode requests (`NodeNames`, as kube-scheduler does with
+nodeCacheCapable: true) to both, interleaved so that machine noise hits both alike. It reports
+p50/p99 of filter, prioritize and the pair, the first (cold-memo) call separately, and where
+kvsched's time goes in-process (parse, filter, prioritize, encode).
+
+    python hack/bench_extender.py --nodes 1000,5000 --iterations 300 --out docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scheduler.demo.run import free_port  # noqa: E402
+from scheduler.demo.synthetic import bench_pod, synthetic_cluster  # noqa: E402
+from scheduler.extender.wire import host_priorities  # noqa: E402
+from scheduler.models.catalog import Catalog  # noqa: E402
+from scheduler.state.offline import load_cluster  # noqa: E402
+from scheduler.state.store import ClusterStore  # noqa: E402
+
+TARGET_RATIO = 1.5
+
+
+@dataclass
+class Series:
+    filter_ms: list[float]
+    prioritize_ms: list[float]
+
+    @property
+    def pair_ms(self) -> list[float]:
+        return [f + p for f, p in zip(self.filter_ms, self.prioritize_ms, strict=True)]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@contextlib.contextmanager
+def server(command: list[str], port: int) -> Iterator[str]:
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[:4]} exited with {process.returncode}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:4]} not ready after 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def timed_pair(client: httpx.Client, filter_body: bytes, pod: Any) -> tuple[float, float]:
+    headers = {"content-type": "application/json"}
+    start = time.perf_counter()
+    response = client.post("/filter", content=filter_body, headers=headers)
+    middle = time.perf_counter()
+    response.raise_for_status()
+    passed = response.json()["NodeNames"]
+    body = orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": passed})
+    middle2 = time.perf_counter()
+    ranked = client.post("/prioritize", content=body, headers=headers)
+    end = time.perf_counter()
+    ranked.raise_for_status()
+    return (middle - start) * 1000, (end - middle2) * 1000
+
+
+def in_process_breakdown(cluster_file: Path, body: bytes, rounds: int) -> dict[str, float]:
+    """Median ms of each step kvsched's filter+prioritize performs, without HTTP."""
+    store = ClusterStore(Catalog.builtin())
+    store.load(load_cluster(cluster_file))
+    gc.collect()
+    gc.freeze()
+    steps: dict[str, list[float]] = {"parse": [], "filter": [], "prioritize": [], "encode": []}
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        args = orjson.loads(body)
+        demand = store.demand(args["Pod"])
+        t1 = time.perf_counter()
+        result = store.filter(demand, args["NodeNames"])
+        t2 = time.perf_counter()
+        scores = store.prioritize_scores(demand, result.passed)
+        t3 = time.perf_counter()
+        orjson.dumps(host_priorities(result.passed, scores))
+        orjson.dumps({"NodeNames": result.passed, "FailedNodes": result.failed})
+        t4 = time.perf_counter()
+        for key, value in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            steps[key].append(value * 1000)
+    return {key: statistics.median(values) for key, values in steps.items()}
+
+
+def run_size(nodes: int, iterations: int, warmup: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="kvsched-bench-") as tmp:
+        objects = synthetic_cluster(nodes)
+        cluster_file = Path(tmp) / "cluster.json"
+        cluster_file.write_bytes(orjson.dumps({"kind": "List", "items": objects}))
+        names = [o["metadata"]["name"] for o in objects if o["kind"] == "Node"]
+        names_file = Path(tmp) / "names.json"
+        names_file.write_bytes(orjson.dumps(names))
+        pod = bench_pod()
+        filter_body = orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names})
+
+        kv_port, floor_port = free_port(), free_port()
+        kvsched = [
+            sys.executable,
+            "-m",
+            "scheduler.cli",
+            "extender",
+            "--cluster-file",
+            str(cluster_file),
+            "--port",
+            str(kv_port),
+            "--log-level",
+            "warning",
+        ]
+        floor = [
+            sys.executable,
+            "hack/floor_extender.py",
+            "--port",
+            str(floor_port),
+            "--nodes-file",
+            str(names_file),
+        ]
+        with (
+            server(kvsched, kv_port) as kv_url,
+            server(floor, floor_port) as floor_url,
+            httpx.Client(base_url=kv_url, timeout=30) as kv,
+            httpx.Client(base_url=floor_url, timeout=30) as fl,
+        ):
+            cold = timed_pair(kv, filter_body, pod)
+            for _ in range(warmup):
+                timed_pair(kv, filter_body, pod)
+                timed_pair(fl, filter_body, pod)
+            kv_series, floor_series = Series([], []), Series([], [])
+            for i in range(iterations):
+                # Alternate who goes first so neither always follows the other's GC or noise.
+                order = ((kv, kv_series), (fl, floor_series))
+                for client, series in order if i % 2 == 0 else reversed(order):
+                    f_ms, p_ms = timed_pair(client, filter_body, pod)
+                    series.filter_ms.append(f_ms)
+                    series.prioritize_ms.append(p_ms)
+        breakdown = in_process_breakdown(cluster_file, filter_body, min(iterations, 50))
+    return {
+        "nodes": nodes,
+        "cold": cold,
+        "kvsched": kv_series,
+        "floor": floor_series,
+        "breakdown": breakdown,
+        "iterations": iterations,
+    }
+
+
+def machine_notes() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def render(results: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench`; do not edit by hand. Every figure below comes from one run",
+        "of the command shown, on the machine described; ratios compare runs made side by side",
+        "in that same run (these machines are noisy, absolute numbers are not comparable).",
+        "",
+        "## Extender latency: filter + prioritize for one pod over HTTP (cache mode)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine_notes()}",
+        "",
+        "Both servers are single uvicorn processes on 127.0.0.1; the client is httpx with",
+        "keep-alive in a third process; requests to the two are interleaved. The floor is",
+        "hack/floor_extender.py (parse, one dict lookup per node, answer). The pod is a",
+        "TP=4 Llama-3.1-70B pod; the pool is `scheduler.demo.synthetic.synthetic_cluster`",
+        "(seed 7: six node kinds, ~80% with NodeInventories, busy GPUs, cached models).",
+        "",
+        "| nodes | server | filter p50 | filter p99 | prioritize p50 | prioritize p99 "
+        "| pair p50 | pair p99 | p99 ratio (target <= 1.5) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        kv: Series = r["kvsched"]
+        fl: Series = r["floor"]
+        ratio = percentile(kv.pair_ms, 99) / percentile(fl.pair_ms, 99)
+        for label, s in (("floor", fl), ("kvsched", kv)):
+            verdict = ""
+            if label == "kvsched":
+                verdict = f"{ratio:.2f} ({'met' if ratio <= TARGET_RATIO else 'MISSED'})"
+            cells = [
+                f"{percentile(values, q):.2f} ms"
+                for values in (s.filter_ms, s.prioritize_ms, s.pair_ms)
+                for q in (50, 99)
+            ]
+            lines.append(f"| {r['nodes']:,} | {label} | " + " | ".join(cells) + f" | {verdict} |")
+    lines += [
+        "",
+        f"{results[0]['iterations']} measured pairs per server and size, after warm-up.",
+        "",
+        "### The first call for a new kind of pod (cold memo)",
+        "",
+        "kvsched memoises evaluations per (pod demand, node shape, residency tier); the first",
+        "filter for a pod of a new kind evaluates every distinct node shape once.",
+        "",
+        "| nodes | first filter | first prioritize |",
+        "|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r['nodes']:,} | {r['cold'][0]:.1f} ms | {r['cold'][1]:.1f} ms |")
+    lines += [
+        "",
+        "### Where kvsched's time goes (in-process, median ms, no HTTP)",
+        "",
+        "| nodes | parse body + demand | filter | prioritize | encode answers |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        b = r["breakdown"]
+        lines.append(
+            f"| {r['nodes']:,} | {b['parse']:.2f} | {b['filter']:.2f} "
+            f"| {b['prioritize']:.2f} | {b['encode']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", default="1000,5000", help="comma-separated cluster sizes")
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--out", help="write the markdown report here (default: stdout)")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.nodes.split(",")]
+    results = [run_size(n, args.iterations, args.warmup) for n in sizes]
+    command = (
+        "python hack/bench_extender.py " + f"--nodes {args.nodes} "
+        f"--iterations {args.iterations} --warmup {args.warmup}"
+    )
+    report = render(results, command)
+    if args.out:
+        Path(args.out).write_text(report, encoding="utf-8")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
