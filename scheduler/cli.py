@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
 # Modules under scheduler.commands, in the order `kvsched --help` lists them.
-COMMAND_MODULES = tuple(
-    m
-    for m in ("extender", "demo", "topology_cmd", "plan_cmd", "explain_cmd")
-    if importlib.util.find_spec(f"scheduler.commands.{m}") is not None
-)
+COMMAND_MODULES = ("extender", "demo", "topology_cmd", "plan_cmd", "explain_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    status: int = args.func(args)
+    try:
+        status: int = args.func(args)
+    except BrokenPipeError:
+        # `kvsched plan ... | head`: the reader left; that is not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
     return status
 
 

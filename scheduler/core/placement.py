@@ -103,12 +103,20 @@ class NodeEvaluation:
         return " ".join(parts)
 
 
+def demand_rejection(demand: PodDemand) -> NodeEvaluation | None:
+    """The verdict for every node, known or not, when the pod itself is broken."""
+    if demand.error is not None:
+        return NodeEvaluation(False, demand.error, unresolvable=True)
+    return None
+
+
 def evaluate(
     demand: PodDemand, node: NodeState, config: ScoringConfig = DEFAULT_SCORING
 ) -> NodeEvaluation:
     """Decide whether `demand` fits on `node` and, if it does, how well."""
-    if demand.error is not None:
-        return NodeEvaluation(False, demand.error, unresolvable=True)
+    rejection = demand_rejection(demand)
+    if rejection is not None:
+        return rejection
     if demand.gpus == 0:
         # Not ours to judge: the pod was sent although it requests no GPU; every node passes
         # with a neutral breakdown.

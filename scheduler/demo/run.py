@@ -10,7 +10,6 @@ ready, the chosen GPUs and why the other nodes lost.
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from scheduler.core.demand import gpu_request
 from scheduler.demo.cluster import cluster_objects, demo_pods
 
 READY_TIMEOUT_S = 30.0
+SHOWN_REASONS = 4
 
 
 @dataclass
@@ -197,13 +197,8 @@ def lost_by_score(winner: Mapping[str, Any], other: Mapping[str, Any]) -> str:
     return f"runner-up {other['node']} lost on {term}: {detail}"
 
 
-def short_reason(reason: str) -> str:
-    """Drop the arithmetic in parentheses; /explain and the pod's events keep it whole."""
-    return re.sub(r" \([^)]*\)", "", reason).split("; ")[0]
-
-
 def summarize(reasons: Mapping[str, str], resource_filtered: int, gpus: int) -> str:
-    counts = Counter(short_reason(r) for r in reasons.values())
+    counts = Counter(reasons.values())
     parts = [f"{n} node{'s' if n > 1 else ''}: {reason}" for reason, n in counts.most_common(3)]
     if len(counts) > 3:
         parts.append(

@@ -141,22 +141,29 @@ def create_app(store: ClusterStore, settings: AppSettings | None = None) -> Fast
         return {"Error": ""}
 
     def do_explain(data: Any) -> Any:
-        if isinstance(data, dict) and "metadata" in data and "Pod" not in data:
-            data = {"Pod": data, "NodeNames": store.node_names()}
-        if isinstance(data, dict) and data.get("NodeNames") is None and data.get("Nodes") is None:
-            data = {**data, "NodeNames": store.node_names()}
-        args = parse_extender_args(data)
+        # A bare Pod, or ExtenderArgs; naming no nodes means every node the store knows.
+        is_envelope = isinstance(data, dict) and any(
+            isinstance(key, str) and key.lower() == "pod" for key in data
+        )
+        if isinstance(data, dict) and "metadata" in data and not is_envelope:
+            data = {"Pod": data}
+        args = parse_extender_args(data, default_names=store.node_names())
         # explain must not make a pod bindable: parse without recording it as seen.
-        return explanation(parse_demand(args.pod, store.catalog), args.node_names)
+        demand = parse_demand(args.pod, store.catalog)
+        return explanation(demand, args.node_names, extra_nodes(args.nodes))
 
-    def explanation(demand: PodDemand, names: list[str] | None) -> dict[str, Any]:
+    def explanation(
+        demand: PodDemand,
+        names: list[str] | None,
+        extra: dict[str, NodeState] | None = None,
+    ) -> dict[str, Any]:
         return {
             "pod": demand.ref,
             "gpus": demand.gpus,
             "model": demand.model,
             "error": demand.error,
             "plan": demand.plan.to_dict() if demand.plan is not None else None,
-            "nodes": store.explain(demand, names),
+            "nodes": store.explain(demand, names, extra),
         }
 
     @app.post("/filter")

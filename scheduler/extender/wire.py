@@ -55,7 +55,9 @@ def _get(body: Mapping[str, Any], key: str) -> Any:
     return None
 
 
-def parse_extender_args(data: Any) -> ExtenderArgs:
+def parse_extender_args(data: Any, default_names: list[str] | None = None) -> ExtenderArgs:
+    """Decode `ExtenderArgs`. With `default_names`, a request naming no nodes means those
+    (explain's "every node"); without, it is an error, as it is for kube-scheduler."""
     if not isinstance(data, Mapping):
         raise WireError("request body must be a JSON object with Pod and NodeNames or Nodes")
     pod = _get(data, "Pod")
@@ -84,6 +86,8 @@ def parse_extender_args(data: Any) -> ExtenderArgs:
                 raise WireError("every Node in 'Nodes.items' needs metadata.name")
             node_names.append(name)
         return ExtenderArgs(pod, node_names, items)
+    if default_names is not None:
+        return ExtenderArgs(pod, default_names, None)
     raise WireError("one of 'NodeNames' or 'Nodes' must be set")
 
 

@@ -105,7 +105,7 @@ def node_state(
     product_label = labels.get(GFD_PRODUCT)
     topology, source = _topology(name, inv_status, product_label, allocatable)
     product = _product_name(topology, product_label)
-    memory = _gpu_memory(topology, labels, product_label)
+    memory = _gpu_memory(topology if source == "inventory" else None, labels, product_label)
 
     count = topology.gpu_count if topology is not None else 0
     used: set[int] = set()
@@ -177,10 +177,14 @@ def _gpu_allocatable(
 def _topology(
     name: str, inv_status: Mapping[str, Any], product: str | None, allocatable: int
 ) -> tuple[NodeTopology | None, str]:
-    gpus = _list(inv_status.get("gpus"))
-    links = _list(inv_status.get("links"))
-    if gpus and links:
+    gpus = inv_status.get("gpus")
+    links = inv_status.get("links")
+    if gpus is not None or links is not None:
         try:
+            if not isinstance(gpus, list) or not gpus:
+                raise ValueError(f"status.gpus is {type(gpus).__name__}, not a list of GPUs")
+            if not isinstance(links, list) or not all(isinstance(row, list) for row in links):
+                raise ValueError("status.links is not a square matrix of link codes")
             infos = [
                 GpuInfo(
                     index=int(g["index"]),
@@ -192,7 +196,7 @@ def _topology(
                 for g in (_mapping(g) for g in gpus)
             ]
             infos.sort(key=lambda g: g.index)
-            codes = [[str(code) for code in _list(row)] for row in links]
+            codes = [[str(code) for code in row] for row in links]
             return NodeTopology.from_codes(codes, gpus=infos), "inventory"
         except (KeyError, TypeError, ValueError, TopologyError) as exc:
             log.warning("node %s: unusable NodeInventory topology (%s); using labels", name, exc)
@@ -226,7 +230,11 @@ def _product_name(topology: NodeTopology | None, label: str | None) -> str | Non
 def _gpu_memory(
     topology: NodeTopology | None, labels: Mapping[str, str], product: str | None
 ) -> int:
-    """Per-GPU memory in bytes (the smallest GPU's when they differ); 0 when unknown."""
+    """Per-GPU memory in bytes (the smallest GPU's when they differ); 0 when unknown.
+
+    Measured sizes (an inventory's GPUs) beat the node's GFD label, which beats the product
+    table: the label is the driver's figure for this very node.
+    """
     if topology is not None:
         sizes = [g.memory_bytes for g in topology.gpus if g.memory_bytes]
         if sizes and len(sizes) == topology.gpu_count:

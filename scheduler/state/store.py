@@ -23,7 +23,13 @@ from cachetools import LRUCache
 from scheduler.core.assignment import GpuAssignment, uuids_for
 from scheduler.core.demand import PodDemand, parse_demand
 from scheduler.core.node import NodeState
-from scheduler.core.placement import DEFAULT_SCORING, NodeEvaluation, ScoringConfig, evaluate
+from scheduler.core.placement import (
+    DEFAULT_SCORING,
+    NodeEvaluation,
+    ScoringConfig,
+    demand_rejection,
+    evaluate,
+)
 from scheduler.core.scoring import ScoredNode, relative_scores, score_table
 from scheduler.models.catalog import Catalog
 from scheduler.state.objects import PodRecord, node_state, object_name, pod_record
@@ -232,6 +238,9 @@ class ClusterStore:
         (`by_name`, done in C by `map`); only nodes that changed since fall through to the
         per-shape table, and only new shapes reach the core.
         """
+        rejection = demand_rejection(demand)
+        if rejection is not None:
+            return [rejection] * len(names)
         memo = self._memo_for(demand)
         result = list(map(memo.by_name.get, names))
         if None not in result:
@@ -381,11 +390,14 @@ class ClusterStore:
     # ---- explain -------------------------------------------------------------------------
 
     def explain(
-        self, demand: PodDemand, names: Iterable[str] | None = None
+        self,
+        demand: PodDemand,
+        names: Iterable[str] | None = None,
+        extra: Mapping[str, NodeState] | None = None,
     ) -> list[dict[str, Any]]:
         """Every term per node, with the reason for every rejection, best node first."""
         names = list(names) if names is not None else self.node_names()
-        pairs = list(zip(names, self.evaluations(demand, names), strict=True))
+        pairs = list(zip(names, self.evaluations(demand, names, extra), strict=True))
         scores = {s.node: s for s in relative_scores(pairs, self.scoring)}
         rows = [explain_row(name, evaluation, scores[name]) for name, evaluation in pairs]
         rows.sort(key=lambda r: (not r["fits"], -r["score"], -r["raw"], r["node"]))

@@ -29,43 +29,76 @@ def gpu_node(
         "metadata": {"name": name, "labels": node_labels},
         "spec": {},
         "status": {
-            "capacity": {"cpu": "224", "memory": "2113459920Ki", "pods": "110",
-                         "nvidia.com/gpu": str(gpus)},
-            "allocatable": {"cpu": "223500m", "memory": "2113357520Ki", "pods": "110",
-                            "nvidia.com/gpu": str(gpus)},
+            "capacity": {
+                "cpu": "224",
+                "memory": "2113459920Ki",
+                "pods": "110",
+                "nvidia.com/gpu": str(gpus),
+            },
+            "allocatable": {
+                "cpu": "223500m",
+                "memory": "2113357520Ki",
+                "pods": "110",
+                "nvidia.com/gpu": str(gpus),
+            },
         },
     }
     if realistic:
-        node["metadata"].update({
-            "uid": f"uid-node-{name}",
-            "resourceVersion": "48213",
-            "creationTimestamp": "2026-11-01T10:00:00Z",
-            "annotations": {"node.alpha.kubernetes.io/ttl": "0",
-                            "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
-            "managedFields": [{
-                "manager": "kubelet", "operation": "Update", "apiVersion": "v1",
-                "time": "2026-11-01T10:00:00Z", "fieldsType": "FieldsV1",
-                "fieldsV1": {"f:status": {"f:capacity": {"f:nvidia.com/gpu": {}}}},
-            }],
-        })
-        node["spec"] = {"podCIDR": "10.244.3.0/24", "providerID": f"aws:///us-east-1a/{name}",
-                        "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]}
-        node["status"].update({
-            "conditions": [{"type": "Ready", "status": "True",
-                            "lastHeartbeatTime": "2026-11-28T08:00:00Z", "reason": "KubeletReady"}],
-            "addresses": [{"type": "InternalIP", "address": "10.0.3.7"}],
-            "nodeInfo": {"kubeletVersion": "v1.35.1", "containerRuntimeVersion": "containerd://2.1"},
-            "images": [{"names": ["vllm/vllm-openai:v0.11.0"], "sizeBytes": 9876543210}],
-            "someFutureField": {"x": 1},
-        })
+        node["metadata"].update(
+            {
+                "uid": f"uid-node-{name}",
+                "resourceVersion": "48213",
+                "creationTimestamp": "2026-11-01T10:00:00Z",
+                "annotations": {
+                    "node.alpha.kubernetes.io/ttl": "0",
+                    "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                },
+                "managedFields": [
+                    {
+                        "manager": "kubelet",
+                        "operation": "Update",
+                        "apiVersion": "v1",
+                        "time": "2026-11-01T10:00:00Z",
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": {"f:status": {"f:capacity": {"f:nvidia.com/gpu": {}}}},
+                    }
+                ],
+            }
+        )
+        node["spec"] = {
+            "podCIDR": "10.244.3.0/24",
+            "providerID": f"aws:///us-east-1a/{name}",
+            "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
+        }
+        node["status"].update(
+            {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "lastHeartbeatTime": "2026-11-28T08:00:00Z",
+                        "reason": "KubeletReady",
+                    }
+                ],
+                "addresses": [{"type": "InternalIP", "address": "10.0.3.7"}],
+                "nodeInfo": {
+                    "kubeletVersion": "v1.35.1",
+                    "containerRuntimeVersion": "containerd://2.1",
+                },
+                "images": [{"names": ["vllm/vllm-openai:v0.11.0"], "sizeBytes": 9876543210}],
+                "someFutureField": {"x": 1},
+            }
+        )
     return node
 
 
 def cpu_node(name: str) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-        "status": {"capacity": {"cpu": "64", "pods": "110"},
-                   "allocatable": {"cpu": "64", "pods": "110"}},
+        "status": {
+            "capacity": {"cpu": "64", "pods": "110"},
+            "allocatable": {"cpu": "64", "pods": "110"},
+        },
     }
 
 
@@ -85,8 +118,13 @@ def inventory(
         "metadata": {"name": name},
         "status": {
             "gpus": [
-                {"index": g.index, "uuid": f"GPU-{name}-{g.index}", "product": product,
-                 "memoryBytes": memory_bytes, "numaNode": g.numa_node}
+                {
+                    "index": g.index,
+                    "uuid": f"GPU-{name}-{g.index}",
+                    "product": product,
+                    "memoryBytes": memory_bytes,
+                    "numaNode": g.numa_node,
+                }
                 for g in topology.gpus
             ],
             "links": topology.codes(),
@@ -131,25 +169,44 @@ def pod(
     if node is not None:
         obj["spec"]["nodeName"] = node
     if realistic:
-        obj["metadata"].update({
-            "resourceVersion": "99120",
-            "creationTimestamp": "2026-11-28T08:01:00Z",
-            "generateName": name[:-5],
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
-                                 "uid": "rs-uid", "controller": True}],
-            "managedFields": [{"manager": "kube-controller-manager", "operation": "Update",
-                               "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}],
-        })
-        obj["spec"].update({
-            "volumes": [{"name": "cache", "hostPath": {"path": "/models"}}],
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
-                             "effect": "NoSchedule"}],
-            "priority": 0,
-            "enableServiceLinks": True,
-            "preemptionPolicy": "PreemptLowerPriority",
-        })
-        obj["status"].update({"qosClass": "Burstable",
-                              "conditions": [{"type": "PodScheduled", "status": "False"}]})
+        obj["metadata"].update(
+            {
+                "resourceVersion": "99120",
+                "creationTimestamp": "2026-11-28T08:01:00Z",
+                "generateName": name[:-5],
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "name": "rs",
+                        "uid": "rs-uid",
+                        "controller": True,
+                    }
+                ],
+                "managedFields": [
+                    {
+                        "manager": "kube-controller-manager",
+                        "operation": "Update",
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": {"f:spec": {}},
+                    }
+                ],
+            }
+        )
+        obj["spec"].update(
+            {
+                "volumes": [{"name": "cache", "hostPath": {"path": "/models"}}],
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                ],
+                "priority": 0,
+                "enableServiceLinks": True,
+                "preemptionPolicy": "PreemptLowerPriority",
+            }
+        )
+        obj["status"].update(
+            {"qosClass": "Burstable", "conditions": [{"type": "PodScheduled", "status": "False"}]}
+        )
     return obj
 
 
@@ -160,8 +217,13 @@ def model_annotations(model: str, **extra: str) -> dict[str, str]:
 
 
 def cached(name: str, tier: str, revision: str | None = None) -> dict[str, Any]:
-    return {"name": name, "tier": tier, "revision": revision, "sizeBytes": None,
-            "lastUsed": "2026-11-28T07:00:00Z"}
+    return {
+        "name": name,
+        "tier": tier,
+        "revision": revision,
+        "sizeBytes": None,
+        "lastUsed": "2026-11-28T07:00:00Z",
+    }
 
 
 def as_list(objects: Sequence[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:

@@ -32,8 +32,11 @@ def test_gpu_count_is_sum_of_containers_or_largest_init(catalog: Catalog) -> Non
 
 def test_model_pod_plans_weights_and_kv(catalog: Catalog) -> None:
     demand = parse_demand(
-        pod("p", gpus=4, annotations=model_annotations(LLAMA_70B, max_model_len="8192",
-                                                       max_num_seqs="4")),
+        pod(
+            "p",
+            gpus=4,
+            annotations=model_annotations(LLAMA_70B, max_model_len="8192", max_num_seqs="4"),
+        ),
         catalog,
     )
     assert demand.error is None
@@ -61,9 +64,7 @@ def test_kv_cache_tokens_instead_of_len_and_seqs(catalog: Catalog) -> None:
 
 
 def test_alias_and_case_resolve_to_canonical_model(catalog: Catalog) -> None:
-    demand = parse_demand(
-        pod("p", annotations=model_annotations(LLAMA_8B.upper())), catalog
-    )
+    demand = parse_demand(pod("p", annotations=model_annotations(LLAMA_8B.upper())), catalog)
     assert demand.error is None
     assert demand.model == LLAMA_8B.lower()
 
@@ -85,24 +86,36 @@ def test_unknown_model_with_weights_bytes_plans_weights_only(catalog: Catalog) -
 @pytest.mark.parametrize(
     ("annotations", "must_mention"),
     [
-        (model_annotations("acme/secret-13b"),
-         ["unknown model", "acme/secret-13b", "kvsched.io/weights-bytes"]),
+        (
+            model_annotations("acme/secret-13b"),
+            ["unknown model", "acme/secret-13b", "kvsched.io/weights-bytes"],
+        ),
         (model_annotations(LLAMA_8B, max_num_seqs="lots"), ["kvsched.io/max-num-seqs", "lots"]),
         (model_annotations(LLAMA_8B, max_num_seqs="0"), ["kvsched.io/max-num-seqs", "'0'"]),
         (model_annotations(LLAMA_8B, max_model_len="-5"), ["kvsched.io/max-model-len", "-5"]),
-        (model_annotations(LLAMA_8B, max_model_len="10000000"),
-         ["kvsched.io/max-model-len", "10000000", "context"]),
+        (
+            model_annotations(LLAMA_8B, max_model_len="10000000"),
+            ["kvsched.io/max-model-len", "10000000", "context"],
+        ),
         (model_annotations(LLAMA_8B, dtype="bf17"), ["kvsched.io/dtype", "bf17"]),
         (model_annotations(LLAMA_8B, kv_cache_dtype="fp9"), ["kvsched.io/kv-cache-dtype", "fp9"]),
-        (model_annotations(LLAMA_8B, gpu_memory_utilization="1.5"),
-         ["kvsched.io/gpu-memory-utilization", "1.5"]),
-        (model_annotations(LLAMA_8B, gpu_memory_utilization="nan"),
-         ["kvsched.io/gpu-memory-utilization", "nan"]),
+        (
+            model_annotations(LLAMA_8B, gpu_memory_utilization="1.5"),
+            ["kvsched.io/gpu-memory-utilization", "1.5"],
+        ),
+        (
+            model_annotations(LLAMA_8B, gpu_memory_utilization="nan"),
+            ["kvsched.io/gpu-memory-utilization", "nan"],
+        ),
         (model_annotations(LLAMA_8B, weights_bytes="big"), ["kvsched.io/weights-bytes", "big"]),
-        (model_annotations(LLAMA_8B, kv_cache_tokens="1000", max_num_seqs="4"),
-         ["kvsched.io/kv-cache-tokens", "kvsched.io/max-num-seqs", "contradict"]),
-        (model_annotations(LLAMA_8B, kv_cache_tokens="1000", max_model_len="4096"),
-         ["kvsched.io/kv-cache-tokens", "kvsched.io/max-model-len"]),
+        (
+            model_annotations(LLAMA_8B, kv_cache_tokens="1000", max_num_seqs="4"),
+            ["kvsched.io/kv-cache-tokens", "kvsched.io/max-num-seqs", "contradict"],
+        ),
+        (
+            model_annotations(LLAMA_8B, kv_cache_tokens="1000", max_model_len="4096"),
+            ["kvsched.io/kv-cache-tokens", "kvsched.io/max-model-len"],
+        ),
         (model_annotations(LLAMA_8B, role="router"), ["kvsched.io/role", "router"]),
         (model_annotations(LLAMA_8B, gang_size="4"), ["kvsched.io/gang-size", "kvsched.io/gang"]),
         (model_annotations(LLAMA_8B, gang="g", gang_size="two"), ["kvsched.io/gang-size", "two"]),
@@ -141,12 +154,16 @@ def test_non_string_annotation_is_an_error(catalog: Catalog) -> None:
 
 
 def test_gang_identity_sources(catalog: Catalog) -> None:
-    explicit = parse_demand(pod("p", annotations={"kvsched.io/gang": "g1",
-                                                 "kvsched.io/gang-size": "4"}), catalog)
+    explicit = parse_demand(
+        pod("p", annotations={"kvsched.io/gang": "g1", "kvsched.io/gang-size": "4"}), catalog
+    )
     assert explicit.gang is not None and (explicit.gang.name, explicit.gang.size) == ("g1", 4)
     lws = parse_demand(
-        pod("p", labels={"leaderworkerset.sigs.k8s.io/group-key": "abc"},
-            annotations={"leaderworkerset.sigs.k8s.io/size": "2"}),
+        pod(
+            "p",
+            labels={"leaderworkerset.sigs.k8s.io/group-key": "abc"},
+            annotations={"leaderworkerset.sigs.k8s.io/size": "2"},
+        ),
         catalog,
     )
     assert lws.gang is not None and lws.gang.size == 2 and lws.gang.source == "leaderworkerset"

@@ -32,9 +32,7 @@ def node(
     topology = PRESETS[preset]
     gpu = lookup_product(product)
     assert gpu is not None
-    cached = {
-        m.lower(): (CachedModel(m.lower(), tier),) for m, tier in (models or {}).items()
-    }
+    cached = {m.lower(): (CachedModel(m.lower(), tier),) for m, tier in (models or {}).items()}
     return NodeState(
         name=name,
         topology=topology,
@@ -93,8 +91,12 @@ def test_too_few_free_gpus_is_resolvable() -> None:
 def test_too_few_gpus_in_total_is_unresolvable() -> None:
     topology = preset_for_product("NVIDIA-L4", 2)
     assert topology is not None
-    small = replace(node("n", "l4-pcie-8", "L4"), topology=topology, allocatable_gpus=2,
-                    free_gpus=frozenset({0, 1}))
+    small = replace(
+        node("n", "l4-pcie-8", "L4"),
+        topology=topology,
+        allocatable_gpus=2,
+        free_gpus=frozenset({0, 1}),
+    )
     result = evaluate(demand(4, None), small)
     assert not result.fits and result.unresolvable and "2 GPUs in total" in result.reason
 
@@ -114,8 +116,9 @@ def test_bad_annotation_fails_every_node_with_its_reason() -> None:
 
 
 def test_bridge_pair_box_gets_an_nvlink_pair() -> None:
-    result = evaluate(demand(2, None), node("p", "a100-pcie-8-nvbridge", "A100-PCIE-40GB",
-                                            free={1, 2, 3, 4, 6}))
+    result = evaluate(
+        demand(2, None), node("p", "a100-pcie-8-nvbridge", "A100-PCIE-40GB", free={1, 2, 3, 4, 6})
+    )
     assert result.fits and result.gpus == (2, 3)
     assert result.gpu_set is not None and result.gpu_set.tier.name == "NVLINK_COMPLETE"
 
@@ -159,10 +162,12 @@ def test_right_size_prefers_the_smaller_gpu_that_fits() -> None:
 
 def test_one_feasible_node_gets_ten_and_infeasible_get_zero() -> None:
     d = demand(8, None)
-    scored = relative_scores([
-        ("ok", evaluate(d, node("ok"))),
-        ("busy", evaluate(d, node("busy", free={0}))),
-    ])
+    scored = relative_scores(
+        [
+            ("ok", evaluate(d, node("ok"))),
+            ("busy", evaluate(d, node("busy", free={0}))),
+        ]
+    )
     assert [(s.node, s.score) for s in scored] == [("ok", 10), ("busy", 0)]
 
 
@@ -174,8 +179,14 @@ def test_scoring_config_rejects_nonsense() -> None:
 
 
 tiers = st.sampled_from([None, *Tier])
-presets = st.sampled_from([("hgx-h100-8", "H100-80"), ("hgx-h200-8", "H200"),
-                           ("l40s-pcie-8", "L40S"), ("a100-pcie-8-nvbridge", "A100-PCIE-80GB")])
+presets = st.sampled_from(
+    [
+        ("hgx-h100-8", "H100-80"),
+        ("hgx-h200-8", "H200"),
+        ("l40s-pcie-8", "L40S"),
+        ("a100-pcie-8-nvbridge", "A100-PCIE-80GB"),
+    ]
+)
 
 
 @st.composite
@@ -184,8 +195,10 @@ def random_node(draw: st.DrawFn, name: str) -> NodeState:
     free = draw(st.sets(st.integers(0, 7)))
     tier = draw(tiers)
     bandwidth = Bandwidth(
-        network=draw(st.floats(0.2e9, 3e9)), local_disk=draw(st.floats(3e9, 25e9)),
-        host_memory=draw(st.floats(25e9, 60e9)), gpu=200e9,
+        network=draw(st.floats(0.2e9, 3e9)),
+        local_disk=draw(st.floats(3e9, 25e9)),
+        host_memory=draw(st.floats(25e9, 60e9)),
+        gpu=200e9,
     )
     models = {LLAMA_8B: tier} if tier is not None else {}
     return replace(node(name, preset, product, free=free, models=models), bandwidth=bandwidth)
@@ -212,8 +225,12 @@ def test_scores_are_ints_in_range_for_exactly_the_sent_nodes(
 
 
 @settings(max_examples=150, deadline=None)
-@given(random_node("a"), st.sampled_from(list(Tier)), st.sampled_from(list(Tier)),
-       st.lists(random_node("other"), max_size=4))
+@given(
+    random_node("a"),
+    st.sampled_from(list(Tier)),
+    st.sampled_from(list(Tier)),
+    st.lists(random_node("other"), max_size=4),
+)
 def test_better_residency_tier_never_scores_lower(
     base: NodeState, tier_a: Tier, tier_b: Tier, others: list[NodeState]
 ) -> None:
@@ -224,7 +241,9 @@ def test_better_residency_tier_never_scores_lower(
     worse = replace(base, name="worse", models={key: (CachedModel(key, tier_b),)})
     d = demand(1, LLAMA_8B, max_model_len="4096")
     others = [replace(o, name=f"o{i}") for i, o in enumerate(others)]
-    scored = {s.node: s for s in relative_scores(
-        [(n.name, evaluate(d, n)) for n in (better, worse, *others)])}
+    scored = {
+        s.node: s
+        for s in relative_scores([(n.name, evaluate(d, n)) for n in (better, worse, *others)])
+    }
     assert scored["better"].score >= scored["worse"].score
     assert scored["better"].raw >= scored["worse"].raw

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Regenerate docs/benchmarks.md from scratch. Run on a quiet machine: the report records it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+"$VENV/bin/python" hack/bench_extender.py --nodes "${BENCH_NODES:-1000,5000}" \
+  --iterations "${BENCH_ITERATIONS:-300}" --warmup 30 --out docs/benchmarks.md

@@ -1,0 +1,105 @@
+"""The real `kvsched extender` process, offline mode, over real HTTP."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from support.k8s import pod
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAPSHOT = ROOT / "tests" / "fixtures" / "cluster" / "snapshot"
+STARTUP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"extender exited early with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("extender did not become ready")
+
+
+def test_extender_process_serves_filter_and_stops_cleanly() -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scheduler.cli",
+            "extender",
+            "--cluster-file",
+            str(SNAPSHOT),
+            "--port",
+            str(port),
+            "--log-format",
+            "text",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_ready(base, proc)
+        assert httpx.get(f"{base}/readyz").json() == {"status": "ok", "nodes": 3}
+        body = {
+            "Pod": pod(
+                "vllm-70b-1",
+                gpus=4,
+                realistic=True,
+                annotations={"kvsched.io/model": "meta-llama/Llama-3.1-70B-Instruct"},
+            ),
+            "Nodes": None,
+            "NodeNames": ["gpu-1", "gpu-2", "cpu-1", "unknown-9"],
+        }
+        response = httpx.post(f"{base}/filter", json=body, timeout=10.0)
+        assert response.status_code == 200
+        result = response.json()
+        assert result["Error"] == ""
+        assert result["NodeNames"] == ["gpu-1", "gpu-2"]
+        assert set(result["FailedNodes"]) == {"unknown-9"}
+        assert set(result["FailedAndUnresolvableNodes"]) == {"cpu-1"}
+        scores = httpx.post(f"{base}/prioritize", json=body, timeout=10.0).json()
+        by_host = {s["Host"]: s["Score"] for s in scores}
+        # gpu-1 holds the weights in host memory: it must win.
+        assert by_host["gpu-1"] == 10 and by_host["gpu-2"] < 10
+        bind = {
+            "PodName": "vllm-70b-1",
+            "PodNamespace": "llm",
+            "PodUID": "uid-llm-vllm-70b-1",
+            "Node": "gpu-1",
+        }
+        assert httpx.post(f"{base}/bind", json=bind, timeout=10.0).json() == {"Error": ""}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    log = stderr.decode(errors="replace")
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit by SIGTERM).
+    assert proc.returncode in (0, -signal.SIGTERM), log
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log
+    assert "bound llm/vllm-70b-1 to gpu-1" in log
