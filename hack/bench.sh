@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 "$VENV/bin/python" hack/bench_extender.py --nodes "${BENCH_NODES:-1000,5000}" \
-  --iterations "${BENCH_ITERATIONS:-300}" --warmup 30 --out docs/benchmarks.md
+  --iterations "${BENCH_ITERATIONS:-1000}" --warmup 50 --out docs/benchmarks.md

@@ -12,7 +12,7 @@ The breakdown follows DESIGN.md ("Scoring: estimated time to ready, then quality
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from scheduler.core.demand import GPU_RESOURCE, PodDemand
 from scheduler.core.node import NodeState, Tier
@@ -81,7 +81,6 @@ class NodeEvaluation:
     memory: GpuFit | None = None
     right_size: float = 0.0
     fragmentation_after: float = 0.0
-    terms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ready_seconds(self) -> float | None:

@@ -85,7 +85,8 @@ def score_table(
     evaluation, not per node; callers look their nodes up by `id(evaluation)` while they hold
     the evaluations.
     """
-    distinct = {id(e): e for e in evaluations if e.fits}
+    # Thousands of nodes, a handful of distinct evaluations: dedupe first, then look at them.
+    distinct = {key: e for key, e in {id(e): e for e in evaluations}.items() if e.fits}
     ready_times = [e.ready_seconds for e in distinct.values() if e.ready_seconds is not None]
     fastest = min(ready_times) if ready_times else None
     raws: dict[int, tuple[float, dict[str, float]]] = {}

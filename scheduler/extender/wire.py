@@ -125,8 +125,8 @@ def filter_result(
     return {
         "Nodes": nodes_field,
         "NodeNames": names_field,
-        "FailedNodes": dict(failed),
-        "FailedAndUnresolvableNodes": dict(unresolvable),
+        "FailedNodes": failed,
+        "FailedAndUnresolvableNodes": unresolvable,
         "Error": error,
     }
 

@@ -301,17 +301,12 @@ class ClusterStore:
         passed = [name for name, e in zip(names, evaluations, strict=True) if e.fits]
         if len(passed) == len(names):
             return FilterResult(passed, {}, {})
-        return FilterResult(
-            passed=passed,
-            failed={
-                name: e.reason
-                for name, e in zip(names, evaluations, strict=True)
-                if not e.fits and not e.unresolvable
-            },
-            unresolvable={
-                name: e.reason for name, e in zip(names, evaluations, strict=True) if e.unresolvable
-            },
-        )
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        for name, e in zip(names, evaluations, strict=True):
+            if not e.fits:
+                (unresolvable if e.unresolvable else failed)[name] = e.reason
+        return FilterResult(passed, failed, unresolvable)
 
     def prioritize(
         self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
@@ -325,8 +320,9 @@ class ClusterStore:
     ) -> list[int]:
         """Scores only, in the order of `names`: the extender's prioritize, no per-node objects."""
         evaluations = self.evaluations(demand, names, extra)
-        score_of = {key: s.score for key, s in score_table(evaluations, self.scoring).items()}
-        return [score_of.get(id(e), 0) for e in evaluations]
+        score_of = dict.fromkeys(map(id, evaluations), 0)
+        score_of.update((key, s.score) for key, s in score_table(evaluations, self.scoring).items())
+        return list(map(score_of.__getitem__, map(id, evaluations)))
 
     # ---- bind ----------------------------------------------------------------------------
 
