@@ -11,9 +11,13 @@ import uvicorn
 from scheduler.commands.common import add_catalog_argument, fail, load_catalog
 from scheduler.core.placement import ScoringConfig
 from scheduler.extender.app import DEFAULT_MAX_BODY_BYTES, AppSettings, create_app
+from scheduler.extender.metrics import ExtenderMetrics
 from scheduler.logs import configure_logging
+from scheduler.state.binder import ApiBinder
+from scheduler.state.kube import KubeApi
 from scheduler.state.offline import ClusterFileError, load_cluster
 from scheduler.state.store import ClusterStore
+from scheduler.state.sync import ClusterSync, SyncSettings
 
 
 def register(subparsers: Any) -> None:
@@ -21,12 +25,25 @@ def register(subparsers: Any) -> None:
         "extender",
         help="serve filter/prioritize/bind for kube-scheduler",
         description="Serve the kube-scheduler extender API (filter, prioritize, bind, explain, "
-        "healthz, readyz, metrics).",
+        "healthz, readyz, metrics). Without --cluster-file it runs in cluster mode: it watches "
+        "Nodes, Pods and NodeInventories and binds pods through the API server.",
     )
     parser.add_argument(
         "--cluster-file",
         metavar="PATH",
         help="offline mode: Nodes, NodeInventories and Pods from this YAML/JSON file or folder",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="cluster mode: kubeconfig to use (default: in-cluster service account, else "
+        "$KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--watch-timeout-seconds",
+        type=int,
+        default=SyncSettings().watch_timeout_s,
+        help="server-side timeout of one watch request before it is renewed",
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8888, help="listen port (default 8888)")
@@ -67,24 +84,34 @@ def scoring_from_args(weights: list[str], engine_init: float | None) -> ScoringC
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
-    if args.cluster_file is None:
-        return fail(
-            "cluster mode (watching the API server) is not available yet: "
-            "pass --cluster-file for offline mode"
-        )
     try:
         scoring = scoring_from_args(args.score_weight, args.engine_init_seconds)
         catalog = load_catalog(args.catalog)
-        objects = load_cluster(args.cluster_file)
-    except (ValueError, OSError, ClusterFileError) as exc:
+    except (ValueError, OSError) as exc:
         return fail(str(exc))
-    store = ClusterStore(catalog, scoring)
-    store.load(objects)
-    # The loaded cluster is a large, long-lived heap; without this every full collection walks
-    # all of it and shows up as p99 spikes in filter/prioritize. Frozen objects are still freed
-    # by reference counting when the store replaces them.
-    gc.collect()
-    gc.freeze()
-    app = create_app(store, AppSettings(max_body_bytes=args.max_body_bytes))
+    metrics = ExtenderMetrics()
+    background: ClusterSync | None = None
+    if args.cluster_file is not None:
+        try:
+            objects = load_cluster(args.cluster_file)
+        except ClusterFileError as exc:
+            return fail(str(exc))
+        store = ClusterStore(catalog, scoring)
+        store.load(objects)
+        # The loaded cluster is a large, long-lived heap; without this every full collection
+        # walks all of it and shows up as p99 spikes in filter/prioritize. Frozen objects are
+        # still freed by reference counting when the store replaces them.
+        gc.collect()
+        gc.freeze()
+    else:
+        try:
+            api = KubeApi.connect(args.kubeconfig)
+        except Exception as exc:  # the client raises several unrelated types for bad configs
+            return fail(f"cannot load Kubernetes credentials: {exc}")
+        store = ClusterStore(catalog, scoring, binder=ApiBinder(api))
+        background = ClusterSync(
+            api, store, SyncSettings(watch_timeout_s=args.watch_timeout_seconds), metrics
+        )
+    app = create_app(store, AppSettings(max_body_bytes=args.max_body_bytes), metrics, background)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0

@@ -8,11 +8,12 @@ the configured limit is a 413.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Request
@@ -49,6 +50,14 @@ class AppSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
+class Background(Protocol):
+    """Work that lives as long as the app (the cluster informers)."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = 5.0) -> None: ...
+
+
 class RequestBodyError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -76,10 +85,33 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(store: ClusterStore, settings: AppSettings | None = None) -> FastAPI:
+def create_app(
+    store: ClusterStore,
+    settings: AppSettings | None = None,
+    metrics: ExtenderMetrics | None = None,
+    background: Background | None = None,
+) -> FastAPI:
+    """The extender app over `store`; `background` (cluster sync) runs for the app's life."""
     settings = settings or AppSettings()
-    metrics = ExtenderMetrics()
-    app = FastAPI(title="kvsched extender", version="0.1.0", docs_url=None, redoc_url=None)
+    metrics = metrics or ExtenderMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if background is not None:
+            background.start()
+        try:
+            yield
+        finally:
+            if background is not None:
+                background.stop()
+
+    app = FastAPI(
+        title="kvsched extender",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
     app.state.store = store
     app.state.metrics = metrics
 

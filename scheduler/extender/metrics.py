@@ -39,8 +39,28 @@ class ExtenderMetrics:
         self.nodes = Gauge(
             "kvsched_nodes", "Nodes in the extender's cluster view.", registry=self.registry
         )
+        self.watch_restarts = Counter(
+            "kvsched_watch_restarts",
+            "Informer restarts by kind and reason (gone: resourceVersion expired; error; "
+            "not_found: resource not served).",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
+        self.listed_objects = Gauge(
+            "kvsched_listed_objects",
+            "Objects returned by the last list, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.synced = Gauge(
             "kvsched_cluster_synced",
             "1 once the cluster view is loaded (offline) or listed (cluster mode).",
             registry=self.registry,
         )
+
+    # SyncObserver: the informers report here.
+    def watch_restarted(self, kind: str, reason: str) -> None:
+        self.watch_restarts.labels(kind, reason).inc()
+
+    def listed(self, kind: str, count: int) -> None:
+        self.listed_objects.labels(kind).set(count)

@@ -32,7 +32,13 @@ from scheduler.core.placement import (
 )
 from scheduler.core.scoring import ScoredNode, relative_scores, score_table
 from scheduler.models.catalog import Catalog
-from scheduler.state.objects import PodRecord, node_state, object_name, pod_record
+from scheduler.state.objects import (
+    TERMINAL_PHASES,
+    PodRecord,
+    node_state,
+    object_name,
+    pod_record,
+)
 from scheduler.state.offline import ClusterObjects
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,8 @@ class ClusterStore:
         self._node_objects: dict[str, Mapping[str, Any]] = {}
         self._inventories: dict[str, Mapping[str, Any]] = {}
         self._pods: dict[str, PodRecord] = {}
+        # Pods we bound whose binding the watch has not shown yet (see _put_pod).
+        self._assumed: dict[str, PodRecord] = {}
         self._pod_objects: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._pods_by_node: dict[str, dict[str, PodRecord]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
@@ -127,19 +135,61 @@ class ClusterStore:
     # ---- feeding -------------------------------------------------------------------------
 
     def load(self, objects: ClusterObjects) -> None:
-        """Replace everything with the given objects (offline load, or a full re-list)."""
+        """Offline mode: replace everything with the objects of a cluster file."""
         with self._lock:
-            self._node_objects = {object_name(n): n for n in objects.nodes}
-            self._inventories = {object_name(i): i for i in objects.inventories}
-            self._pods = {}
-            self._pod_objects = {}
-            self._pods_by_node = {}
-            for pod in objects.pods:
-                self._put_pod(pod_record(pod), pod)
-            self._entries = {}
-            for name in self._node_objects:
-                self._rebuild(name)
+            self.replace_kind("NodeInventory", objects.inventories, rebuild=False)
+            self.replace_kind("Pod", objects.pods, rebuild=False)
+            self.replace_kind("Node", objects.nodes)
             self.synced = True
+
+    def replace_kind(
+        self, kind: str, items: Iterable[Mapping[str, Any]], rebuild: bool = True
+    ) -> None:
+        """All objects of one kind, as a (re-)list returns them."""
+        with self._lock:
+            if kind == "Node":
+                self._node_objects = {object_name(n): n for n in items}
+            elif kind == "NodeInventory":
+                self._inventories = {object_name(i): i for i in items}
+            elif kind == "Pod":
+                self._pods, self._pod_objects, self._pods_by_node = {}, {}, {}
+                for pod in items:
+                    self._put_pod(pod_record(pod), pod)
+                for uid, assumed in list(self._assumed.items()):
+                    if uid not in self._pods:
+                        # Listed before our bind landed, or deleted: the next watch event
+                        # settles it; until then the GPUs stay taken.
+                        self._put_pod(assumed)
+            else:
+                raise ValueError(f"kvsched does not track {kind}")
+            if rebuild:
+                self._entries = {}
+                for memo in self._memo.values():
+                    memo.by_name.clear()
+                for name in self._node_objects:
+                    self._rebuild(name)
+
+    def upsert(self, kind: str, obj: Mapping[str, Any]) -> None:
+        """An ADDED or MODIFIED object from a watch."""
+        if kind == "Node":
+            self.upsert_node(obj)
+        elif kind == "NodeInventory":
+            self.upsert_inventory(obj)
+        elif kind == "Pod":
+            self.upsert_pod(obj)
+        else:
+            raise ValueError(f"kvsched does not track {kind}")
+
+    def delete(self, kind: str, obj: Mapping[str, Any]) -> None:
+        """A DELETED object from a watch."""
+        if kind == "Node":
+            self.delete_node(object_name(obj))
+        elif kind == "NodeInventory":
+            self.delete_inventory(object_name(obj))
+        elif kind == "Pod":
+            self.delete_pod(pod_record(obj).uid)
+        else:
+            raise ValueError(f"kvsched does not track {kind}")
 
     def upsert_node(self, node: Mapping[str, Any]) -> None:
         with self._lock:
@@ -174,6 +224,7 @@ class ClusterStore:
 
     def delete_pod(self, uid: str) -> None:
         with self._lock:
+            self._assumed.pop(uid, None)
             old = self._pods.pop(uid, None)
             if old is not None:
                 self._pod_objects.pop((old.namespace, old.name), None)
@@ -182,7 +233,16 @@ class ClusterStore:
                 self._rebuild(old.node)
 
     def _put_pod(self, record: PodRecord, obj: Mapping[str, Any] | None = None) -> None:
-        if obj is not None:
+        assumed = self._assumed.get(record.uid)
+        if assumed is not None and record is not assumed:
+            if record.node is None and record.phase not in TERMINAL_PHASES:
+                # A watch event older than our bind: keep the bind, or the GPUs would look
+                # free until the API server's view of the binding reaches us.
+                record, obj = assumed, None
+            else:
+                del self._assumed[record.uid]
+        if obj is not None and (record.gpus > 0 or record.model is not None):
+            # Kept for explain; pods without GPUs are only counted, not stored whole.
             self._pod_objects[(record.namespace, record.name)] = obj
         old = self._pods.get(record.uid)
         if old is not None and old.node is not None:
@@ -343,6 +403,11 @@ class ClusterStore:
                     return BindResult(existing.assignment, "already bound", already_bound=True)
             demand = self._seen.get(uid)
             if demand is None:
+                # E.g. filter ran before a restart of ours: the watched pod says the same.
+                obj = self._pod_objects.get((namespace, name))
+                if obj is not None and pod_record(obj).uid == uid:
+                    demand = parse_demand(obj, self.catalog)
+            if demand is None:
                 raise BindError(
                     f"pod {namespace}/{name} (uid {uid}) was not seen by filter: cannot bind"
                 )
@@ -371,6 +436,7 @@ class ClusterStore:
             )
             placement = evaluation.summary()
             self.binder.bind(record, assignment, placement)
+            self._assumed[uid] = record
             self._put_pod(record)
             self._rebuild(node_name)
             return BindResult(assignment, placement, already_bound=False)

@@ -1,0 +1,51 @@
+"""Cluster-mode bind: record the GPU choice on the pod, then create its pods/binding.
+
+The annotation goes first: once the binding exists the kubelet may start the pod, and the
+assignment must already be durable (it is how a restarted extender rebuilds its GPU map). A
+pod annotated but never bound holds nothing: only bound pods count against a node.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from scheduler.core.assignment import GpuAssignment
+from scheduler.core.demand import A_ASSIGNED_GPUS, A_PLACEMENT
+from scheduler.state.kube import ClusterApi, ConflictError, KubeError, NotFoundError
+from scheduler.state.objects import PodRecord, pod_record
+from scheduler.state.store import BindError
+
+log = logging.getLogger(__name__)
+
+
+class ApiBinder:
+    def __init__(self, api: ClusterApi) -> None:
+        self.api = api
+
+    def bind(self, pod: PodRecord, assignment: GpuAssignment, placement: str) -> None:
+        node = assignment.node
+        annotations = {A_ASSIGNED_GPUS: assignment.encode(), A_PLACEMENT: placement}
+        try:
+            self.api.annotate_pod(pod.namespace, pod.name, annotations)
+        except NotFoundError:
+            raise BindError(f"pod {pod.ref} no longer exists") from None
+        except KubeError as exc:
+            raise BindError(f"cannot record GPUs on pod {pod.ref}: {exc}") from None
+        try:
+            self.api.bind_pod(pod.namespace, pod.name, pod.uid, node)
+        except ConflictError:
+            # A retry of a bind that went through (kube-scheduler retries on timeouts), or
+            # someone else bound the pod: the pod itself says which.
+            current = pod_record(self.api.get_pod(pod.namespace, pod.name))
+            if current.uid == pod.uid and current.node == node:
+                log.info("pod %s was already bound to %s", pod.ref, node)
+                return
+            raise BindError(
+                f"pod {pod.ref} is bound to {current.node or 'nothing'} (uid {current.uid}), "
+                f"not {node}"
+            ) from None
+        except NotFoundError:
+            raise BindError(f"pod {pod.ref} no longer exists") from None
+        except KubeError as exc:
+            raise BindError(f"binding pod {pod.ref} to {node} failed: {exc}") from None
+        log.info("bound %s to %s gpus=%s (%s)", pod.ref, node, list(assignment.indices), placement)

@@ -1,0 +1,172 @@
+"""Keep a ClusterStore in step with the API server: list, then watch, per kind, in threads.
+
+Each kind (Node, Pod, NodeInventory) runs the informer loop:
+
+1. list everything (paged) and replace the store's objects of that kind; the list's
+   resourceVersion is where the watch starts;
+2. watch from there with bookmarks (which only move the resourceVersion forward) and a
+   server-side timeout, after which it simply watches again from the last version seen;
+3. on 410 GoneError (history compacted) list again; on any other error back off exponentially
+   (with jitter, capped) and list again, counting the restart.
+
+The store is ready once every kind has been listed once. A missing NodeInventory CRD is not
+fatal: inventories count as empty and the list is retried with backoff, so nodes are still
+scheduled from their labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from scheduler.state.kube import KINDS, ClusterApi, GoneError, KubeError, NotFoundError
+from scheduler.state.store import ClusterStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """How the informers behave.
+
+    watch_timeout_s: server-side timeout of one watch request (the API server closes it; we
+    watch again from the last resourceVersion). backoff_*: delay after an error, doubled per
+    consecutive error up to the cap, with +-20% jitter so replicas do not retry in step.
+    """
+
+    watch_timeout_s: int = 300
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+
+class SyncObserver(Protocol):
+    def watch_restarted(self, kind: str, reason: str) -> None: ...
+
+    def listed(self, kind: str, count: int) -> None: ...
+
+
+class _NullObserver:
+    def watch_restarted(self, kind: str, reason: str) -> None:
+        pass
+
+    def listed(self, kind: str, count: int) -> None:
+        pass
+
+
+class ClusterSync:
+    def __init__(
+        self,
+        api: ClusterApi,
+        store: ClusterStore,
+        settings: SyncSettings | None = None,
+        observer: SyncObserver | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.api = api
+        self.store = store
+        self.settings = settings or SyncSettings()
+        self.observer: SyncObserver = observer or _NullObserver()
+        self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait
+        self._listed: set[str] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for kind in KINDS:
+            thread = threading.Thread(
+                target=self.run_kind, args=(kind,), name=f"sync-{kind}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def run_kind(self, kind: str) -> None:
+        """The informer loop of one kind; returns when stopped."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                version = self._list(kind)
+                failures = 0
+                self._watch(kind, version)
+            except GoneError:
+                self.observer.watch_restarted(kind, "gone")
+                log.info("watch %s: resourceVersion expired, listing again", kind)
+            except NotFoundError as exc:
+                if kind != "NodeInventory":
+                    raise
+                # No CRD: schedule from labels; keep looking for it.
+                self._mark_listed(kind)
+                failures += 1
+                self.observer.watch_restarted(kind, "not_found")
+                log.warning("NodeInventory not served (%s); retrying", exc)
+                self._sleep(self._backoff(failures))
+            except Exception as exc:  # any error: back off and start over from a list
+                failures += 1
+                self.observer.watch_restarted(kind, "error")
+                delay = self._backoff(failures)
+                log.warning("sync %s failed (%s); retrying in %.1fs", kind, exc, delay)
+                self._sleep(delay)
+
+    def _list(self, kind: str) -> str:
+        result = self.api.list(kind)
+        self.store.replace_kind(kind, result.items)
+        self.observer.listed(kind, len(result.items))
+        self._mark_listed(kind)
+        return result.resource_version
+
+    def _watch(self, kind: str, version: str) -> None:
+        while not self._stop.is_set():
+            for event in self.api.watch(kind, version, self.settings.watch_timeout_s):
+                if self._stop.is_set():
+                    return
+                version = self._apply(kind, event, version)
+
+    def _apply(self, kind: str, event: dict[str, Any], version: str) -> str:
+        kind_of_event = event.get("type")
+        obj = event.get("object")
+        if not isinstance(obj, dict):
+            raise KubeError(f"watch {kind}: event without an object: {event!r:.200}")
+        meta = obj.get("metadata") or {}
+        new_version = str(meta.get("resourceVersion") or version)
+        if kind_of_event == "BOOKMARK":
+            return new_version
+        if kind_of_event == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise GoneError(f"watch {kind}: {obj.get('message')}", 410)
+            raise KubeError(f"watch {kind}: {obj.get('message')}", int(code or 0))
+        obj.setdefault("kind", kind)
+        if kind_of_event in ("ADDED", "MODIFIED"):
+            self.store.upsert(kind, obj)
+        elif kind_of_event == "DELETED":
+            self.store.delete(kind, obj)
+        else:
+            log.warning("watch %s: ignoring event type %r", kind, kind_of_event)
+        return new_version
+
+    def _mark_listed(self, kind: str) -> None:
+        with self._lock:
+            self._listed.add(kind)
+            if self._listed >= set(KINDS) and not self.store.synced:
+                self.store.synced = True
+                log.info("cluster view synced: %d nodes", len(self.store.node_names()))
+
+    def _backoff(self, failures: int) -> float:
+        base = min(
+            self.settings.backoff_max_s,
+            self.settings.backoff_initial_s * 2.0 ** max(0, failures - 1),
+        )
+        return base * random.uniform(0.8, 1.2)

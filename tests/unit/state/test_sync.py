@@ -1,0 +1,302 @@
+"""Cluster-mode plumbing with canned lists and watch streams (no API server): the informer
+loop, relist on 410, bookmarks, backoff, readiness, and the API binder."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from support.k8s import gpu_node, inventory, model_annotations, pod
+
+from scheduler.core.assignment import GpuAssignment
+from scheduler.models.catalog import Catalog
+from scheduler.state.binder import ApiBinder
+from scheduler.state.kube import ConflictError, GoneError, KubeError, NotFoundError, ObjectList
+from scheduler.state.store import BindError, ClusterStore
+from scheduler.state.sync import ClusterSync, SyncSettings
+from topology.presets import PRESETS
+
+LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def with_kind(obj: dict[str, Any], kind: str, rv: str = "1") -> dict[str, Any]:
+    obj = {**obj, "kind": kind}
+    obj["metadata"] = {**obj["metadata"], "resourceVersion": rv}
+    return obj
+
+
+class FakeApi:
+    """Scripted lists and watch streams per kind; records every call."""
+
+    def __init__(self) -> None:
+        self.lists: dict[str, list[ObjectList | Exception]] = {}
+        self.watches: dict[str, list[list[dict[str, Any]] | Exception]] = {}
+        self.calls: list[tuple[str, ...]] = []
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.bind_error: Exception | None = None
+        self.annotate_error: Exception | None = None
+        self.exhausted = threading.Event()
+
+    def list(self, kind: str) -> ObjectList:
+        self.calls.append(("list", kind))
+        scripted = self.lists.get(kind) or [ObjectList([], "1")]
+        result = scripted.pop(0) if len(scripted) > 1 else scripted[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def watch(self, kind: str, resource_version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
+        self.calls.append(("watch", kind, resource_version))
+        scripted = self.watches.get(kind) or []
+        if not scripted:
+            self.exhausted.set()
+            raise KubeError("no more scripted watches")
+        result = scripted.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        yield from result
+
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        self.calls.append(("annotate", f"{namespace}/{name}"))
+        if self.annotate_error:
+            raise self.annotate_error
+        meta = self.pods.setdefault((namespace, name), pod(name, namespace=namespace))["metadata"]
+        meta["annotations"].update(annotations)
+
+    def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None:
+        self.calls.append(("bind", f"{namespace}/{name}", uid, node))
+        if self.bind_error:
+            raise self.bind_error
+        self.pods.setdefault((namespace, name), pod(name, namespace=namespace))["spec"][
+            "nodeName"
+        ] = node
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        self.calls.append(("get", f"{namespace}/{name}"))
+        if (namespace, name) not in self.pods:
+            raise NotFoundError("no such pod", 404)
+        return self.pods[(namespace, name)]
+
+
+def run_until_exhausted(api: FakeApi, store: ClusterStore, kind: str) -> ClusterSync:
+    sleeps: list[float] = []
+    sync = ClusterSync(api, store, SyncSettings(backoff_initial_s=0.5), sleep=sleeps.append)
+
+    def sleep_and_stop(seconds: float) -> None:
+        sleeps.append(seconds)
+        if api.exhausted.is_set():
+            sync.stop()
+
+    sync._sleep = sleep_and_stop
+    sync.run_kind(kind)
+    sync.sleeps = sleeps  # type: ignore[attr-defined]
+    return sync
+
+
+def new_store() -> ClusterStore:
+    return ClusterStore(Catalog.builtin())
+
+
+def test_list_then_watch_applies_events_in_order() -> None:
+    api = FakeApi()
+    api.lists["Node"] = [ObjectList([with_kind(gpu_node("a"), "Node", "5")], "5")]
+    api.watches["Node"] = [
+        [
+            {"type": "ADDED", "object": with_kind(gpu_node("b"), "Node", "6")},
+            {"type": "BOOKMARK", "object": {"kind": "Node", "metadata": {"resourceVersion": "9"}}},
+            {"type": "DELETED", "object": with_kind(gpu_node("a"), "Node", "10")},
+        ],
+        [],  # the server closed the watch at its timeout: watch again from the last version
+    ]
+    store = new_store()
+    run_until_exhausted(api, store, "Node")
+    assert store.node_names() == ["b"]
+    watches = [c for c in api.calls if c[0] == "watch"]
+    assert watches[:2] == [("watch", "Node", "5"), ("watch", "Node", "10")]
+
+
+def test_gone_relists_and_resumes_from_the_new_version() -> None:
+    api = FakeApi()
+    api.lists["Node"] = [
+        ObjectList([with_kind(gpu_node("a"), "Node")], "5"),
+        ObjectList([with_kind(gpu_node("c"), "Node")], "50"),
+    ]
+    api.watches["Node"] = [
+        [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}],
+        [],
+    ]
+    store = new_store()
+    run_until_exhausted(api, store, "Node")
+    assert [c for c in api.calls if c[0] == "list"] == [("list", "Node")] * 2
+    assert ("watch", "Node", "50") in api.calls
+    assert store.node_names() == ["c"]
+
+
+def test_gone_raised_by_the_client_relists_without_backoff() -> None:
+    api = FakeApi()
+    api.lists["Node"] = [ObjectList([], "5"), ObjectList([], "7")]
+    api.watches["Node"] = [GoneError("expired", 410)]
+    sync = run_until_exhausted(api, new_store(), "Node")
+    assert ("watch", "Node", "7") in api.calls
+    # Only the final scripted failure backed off: the 410 relisted at once.
+    assert len(sync.sleeps) == 1  # type: ignore[attr-defined]
+
+
+def test_errors_back_off_exponentially_and_recover() -> None:
+    api = FakeApi()
+    api.lists["Pod"] = [
+        KubeError("down"),
+        KubeError("down"),
+        KubeError("down"),
+        ObjectList([], "3"),
+    ]
+    store = new_store()
+    sync = run_until_exhausted(api, store, "Pod")
+    sleeps = sync.sleeps  # type: ignore[attr-defined]
+    assert 0.4 <= sleeps[0] <= 0.6 and 0.8 <= sleeps[1] <= 1.2 and 1.6 <= sleeps[2] <= 2.4
+    # After the successful list the failure count started over.
+    assert sleeps[3] <= 0.6
+
+
+def test_ready_only_after_every_kind_listed_and_missing_crd_is_not_fatal() -> None:
+    api = FakeApi()
+    api.lists["Node"] = [ObjectList([with_kind(gpu_node("a"), "Node")], "1")]
+    api.lists["NodeInventory"] = [NotFoundError("the server could not find the resource", 404)]
+    store = new_store()
+    sync = ClusterSync(api, store, sleep=lambda _: None)
+    sync._list("Node")
+    assert not store.synced
+    sync._list("Pod")
+    assert not store.synced
+    api.exhausted.set()
+    stopper = ClusterSync(api, store, sleep=lambda _: stopper.stop())
+    stopper._listed = sync._listed
+    stopper.run_kind("NodeInventory")
+    assert store.synced
+    assert store.node("a") is not None
+
+
+def test_inventory_and_pod_events_reach_node_state() -> None:
+    api = FakeApi()
+    api.lists["Node"] = [ObjectList([with_kind(gpu_node("a"), "Node")], "1")]
+    store = new_store()
+    sync = ClusterSync(api, store, sleep=lambda _: None)
+    sync._list("Node")
+    inv = inventory("a", PRESETS["hgx-h100-8"], models=[{"name": LLAMA_8B, "tier": "gpu"}])
+    sync._apply("NodeInventory", {"type": "ADDED", "object": with_kind(inv, "NodeInventory")}, "1")
+    state = store.node("a")
+    assert state is not None and state.source == "inventory"
+    assert state.residency(LLAMA_8B.lower(), None) is not None
+    bound = pod("p", gpus=2, node="a", phase="Running")
+    sync._apply("Pod", {"type": "ADDED", "object": with_kind(bound, "Pod")}, "2")
+    state = store.node("a")
+    assert state is not None and state.unindexed_busy == 2
+    sync._apply("Pod", {"type": "DELETED", "object": with_kind(bound, "Pod")}, "3")
+    state = store.node("a")
+    assert state is not None and state.unindexed_busy == 0
+
+
+def test_bind_survives_a_stale_watch_event_and_settles_on_the_real_one() -> None:
+    api = FakeApi()
+    store = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
+    store.replace_kind("Node", [gpu_node("a")])
+    pending = pod("p", gpus=8, annotations=model_annotations(LLAMA_8B))
+    api.pods[("llm", "p")] = copy.deepcopy(pending)
+    store.upsert_pod(pending)
+    store.synced = True
+    store.filter(store.demand(pending), ["a"])
+    result = store.bind("llm", "p", "uid-llm-p", "a")
+    assert ("bind", "llm/p", "uid-llm-p", "a") in api.calls
+    # The watch delivers the pod as it was before the bind: the GPUs must stay taken.
+    store.upsert_pod(pending)
+    other = pod("q", gpus=1, annotations=model_annotations(LLAMA_8B))
+    assert store.filter(store.demand(other), ["a"]).passed == []
+    # A relist that does not show the binding yet keeps the assumed bind too.
+    store.replace_kind("Pod", [pending])
+    assert store.filter(store.demand(other), ["a"]).passed == []
+    # Then the real, bound pod arrives, annotated by the binder.
+    store.upsert_pod(api.pods[("llm", "p")])
+    state = store.node("a")
+    assert state is not None and state.free_gpus == frozenset()
+    assert (
+        GpuAssignment.decode(
+            api.pods[("llm", "p")]["metadata"]["annotations"]["kvsched.io/assigned-gpus"]
+        )
+        == result.assignment
+    )
+    # Once the API server has shown the binding, the pod's own record rules: deleted, freed.
+    store.delete_pod("uid-llm-p")
+    assert store.filter(store.demand(other), ["a"]).passed == ["a"]
+
+
+def test_restart_rebuilds_allocations_from_annotated_pods() -> None:
+    api = FakeApi()
+    first = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
+    first.replace_kind("Node", [gpu_node("a")])
+    pending = pod("p", gpus=4, annotations=model_annotations(LLAMA_8B))
+    api.pods[("llm", "p")] = copy.deepcopy(pending)
+    first.upsert_pod(pending)
+    first.filter(first.demand(pending), ["a"])
+    assignment = first.bind("llm", "p", "uid-llm-p", "a").assignment
+    bound = api.pods[("llm", "p")]
+    # A new process: everything comes back from the API server's objects.
+    second = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
+    second.replace_kind("Pod", [bound], rebuild=False)
+    second.replace_kind("Node", [gpu_node("a")])
+    state = second.node("a")
+    assert state is not None
+    assert state.free_gpus == frozenset(range(8)) - set(assignment.indices)
+    # kube-scheduler retries the bind after our restart: same answer, no second binding.
+    again = second.bind("llm", "p", "uid-llm-p", "a")
+    assert again.already_bound and again.assignment == assignment
+
+
+def test_binder_treats_a_conflict_on_the_same_node_as_done() -> None:
+    api = FakeApi()
+    api.pods[("llm", "p")] = pod("p", node="a", uid="u1")
+    api.bind_error = ConflictError("already assigned", 409)
+    record_store = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
+    record_store.replace_kind("Node", [gpu_node("a")])
+    pending = pod("p", uid="u1")
+    record_store.filter(record_store.demand(pending), ["a"])
+    record_store.bind("llm", "p", "u1", "a")  # no error
+
+
+def test_binder_reports_a_conflict_on_another_node() -> None:
+    api = FakeApi()
+    api.pods[("llm", "p")] = pod("p", node="b", uid="u1")
+    api.bind_error = ConflictError("already assigned", 409)
+    store = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
+    store.replace_kind("Node", [gpu_node("a")])
+    store.filter(store.demand(pod("p", uid="u1")), ["a"])
+    with pytest.raises(BindError, match="bound to b"):
+        store.bind("llm", "p", "u1", "a")
+    # Nothing recorded: the GPUs on a are still free.
+    state = store.node("a")
+    assert state is not None and len(state.free_gpus) == 8
+
+
+@pytest.mark.parametrize(
+    ("annotate_error", "bind_error", "message"),
+    [
+        (NotFoundError("gone", 404), None, "no longer exists"),
+        (KubeError("timeout"), None, "cannot record GPUs"),
+        (None, NotFoundError("gone", 404), "no longer exists"),
+        (None, KubeError("forbidden", 403), "failed"),
+    ],
+)
+def test_binder_failures_become_bind_errors_and_record_nothing(
+    annotate_error: Exception | None, bind_error: Exception | None, message: str
+) -> None:
+    api = FakeApi()
+    api.annotate_error, api.bind_error = annotate_error, bind_error
+    store = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
+    store.replace_kind("Node", [gpu_node("a")])
+    store.filter(store.demand(pod("p", uid="u1", gpus=2)), ["a"])
+    with pytest.raises(BindError, match=message):
+        store.bind("llm", "p", "u1", "a")
+    state = store.node("a")
+    assert state is not None and len(state.free_gpus) == 8
