@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help install demo test lint typecheck check bench clean
+.PHONY: help install demo test e2e lint typecheck check bench controlplane cluster-up \
+	cluster-down demo-cluster clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,6 +19,18 @@ demo: install ## run the extender on the example cluster and schedule example po
 
 test: install ## run the whole test suite
 	VENV=$(VENV) hack/test.sh
+
+e2e: install ## only the e2e tests (real etcd, kube-apiserver, kube-scheduler)
+	KVSCHED_E2E=1 VENV=$(VENV) hack/test.sh -m e2e
+
+controlplane: ## build etcd, kube-apiserver, kube-scheduler, kubectl (cached in ~/.cache/kvsched)
+	hack/controlplane/build.sh
+
+cluster-up: controlplane ## start a local control plane; prints its kubeconfig path
+	hack/controlplane/up.sh
+
+cluster-down: ## stop the local control plane
+	hack/controlplane/down.sh
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check scheduler topology tests hack

@@ -47,7 +47,7 @@ DOWN_SH = HACK_DIR / "down.sh"
 BUILD_TIMEOUT_S = 3 * 3600.0
 """A cold build downloads ~1 GB of modules and compiles for tens of minutes on 2 cores."""
 START_TIMEOUT_S = 180.0
-BINARIES = ("etcd", "kube-apiserver", "kube-scheduler")
+BINARIES = ("etcd", "kube-apiserver", "kube-scheduler", "kubectl")
 
 
 class ControlPlaneUnavailable(Exception):  # noqa: N818 - the name says what the caller gets
@@ -90,22 +90,11 @@ def _parse_env(text: str) -> dict[str, str]:
     return out
 
 
-def _cached_bin_dir(env: Mapping[str, str]) -> Path | None:
-    """The bin dir build.sh would use, if all binaries are already there (no build)."""
-    cache = Path(env.get("KVSCHED_CACHE") or Path.home() / ".cache" / "kvsched")
-    root = cache / "controlplane"
-    k8s = env.get("KVSCHED_K8S_VERSION", "").removeprefix("v")
-    etcd = env.get("KVSCHED_ETCD_VERSION", "").removeprefix("v")
-    pattern = f"k8s-{k8s or '*'}-etcd-{etcd or '*'}"
-    for candidate in sorted(root.glob(pattern), reverse=True):
-        bin_dir = candidate / "bin"
-        if all(os.access(bin_dir / b, os.X_OK) for b in BINARIES):
-            return bin_dir
-    return None
-
-
 def build_binaries(*, timeout: float = BUILD_TIMEOUT_S) -> Path:
-    """Run build.sh (seconds when cached) and return the directory holding the binaries."""
+    """Run build.sh (seconds when cached) and return the directory holding the binaries.
+
+    With ``KVSCHED_CP_NO_BUILD=1`` build.sh never compiles and fails when nothing is cached.
+    """
     env = dict(os.environ)
     if explicit := env.get("KVSCHED_CP_BIN_DIR"):
         bin_dir = Path(explicit)
@@ -113,13 +102,6 @@ def build_binaries(*, timeout: float = BUILD_TIMEOUT_S) -> Path:
         if missing:
             raise ControlPlaneUnavailable(f"KVSCHED_CP_BIN_DIR={bin_dir} lacks {missing}")
         return bin_dir
-    if env.get("KVSCHED_CP_NO_BUILD") == "1":
-        cached = _cached_bin_dir(env)
-        if cached is None:
-            raise ControlPlaneUnavailable(
-                f"no cached control-plane binaries and KVSCHED_CP_NO_BUILD=1; run {BUILD_SH}"
-            )
-        return cached
     try:
         proc = subprocess.run(
             ["bash", str(BUILD_SH)],
@@ -167,12 +149,14 @@ class ControlPlane:
         *,
         build_timeout: float = BUILD_TIMEOUT_S,
         start_timeout: float = START_TIMEOUT_S,
+        fresh: bool = True,
     ) -> Self:
         """Build (or reuse) the binaries and start etcd + kube-apiserver in ``state_dir``.
 
         ``state_dir`` defaults to ``$KVSCHED_CP_DIR`` or ``/tmp/kvsched-cp-<user>``; it holds the
-        certificates, token file, kubeconfig, etcd data, pid files and logs. Every start gets a
-        fresh, empty cluster.
+        certificates, token file, kubeconfig, etcd data, pid files and logs. With ``fresh``
+        (the default) whatever an earlier run left running there is stopped first, so the
+        cluster starts empty; ``fresh=False`` reuses a ready control plane of that state dir.
         """
         bin_dir = build_binaries(timeout=build_timeout)
         env = dict(os.environ)
@@ -181,6 +165,8 @@ class ControlPlane:
         env["KVSCHED_CP_BIN_DIR"] = str(bin_dir)
         env["KVSCHED_CP_TIMEOUT"] = str(int(start_timeout))
         env.pop("KVSCHED_SCHEDULER_CONFIG", None)
+        if fresh:
+            cls._down(env)
         try:
             proc = subprocess.run(
                 ["bash", str(UP_SH)],
@@ -233,9 +219,15 @@ class ControlPlane:
             return
         for proc in list(self.schedulers):
             self.stop_scheduler(proc)
-        env = dict(os.environ)
-        env["KVSCHED_CP_DIR"] = str(self.state_dir)
-        self._down(env)
+        # A later start() in the same state dir replaced this control plane: leave that one be.
+        try:
+            current = _parse_env((self.state_dir / "env").read_text()).get("KVSCHED_CP_SERVER")
+        except OSError:
+            current = None
+        if current in (None, self.server_url):
+            env = dict(os.environ)
+            env["KVSCHED_CP_DIR"] = str(self.state_dir)
+            self._down(env)
         self._stopped = True
         atexit.unregister(self.stop)
 

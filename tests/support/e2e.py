@@ -1,0 +1,344 @@
+"""Helpers for e2e tests: fake GPU nodes, inventories and pods on a real API server, and the
+kvsched extender run as its own process in cluster mode."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from support.controlplane import REPO_ROOT, ApiError, ControlPlane
+from topology.model import NodeTopology
+
+NAMESPACE = "e2e"
+SCHEDULER_CONFIG = REPO_ROOT / "manifests" / "scheduler" / "scheduler-config.yaml"
+INVENTORY_PATH = "/apis/kvsched.io/v1alpha1/nodeinventories"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.2, what: str = ""
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true after {timeout}s: {what or condition}")
+        time.sleep(interval)
+
+
+class Extender:
+    """`kvsched extender` in cluster mode as a child process; restartable."""
+
+    def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = log_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.log_dir / f"extender-{self.starts}.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "scheduler.cli",
+                "extender",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--port",
+                str(self.port),
+                "--log-format",
+                "text",
+                "--watch-timeout-seconds",
+                "60",
+            ],
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_until(self.ready, timeout=60, what=f"extender ready on {self.url}")
+
+    def ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"extender exited with {self.process.returncode}: {self.log()}")
+        try:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop(kill=True)
+        self.start()
+
+    def log(self) -> str:
+        path = self.log_dir / f"extender-{self.starts}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a Prometheus sample over the series matching `labels`."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            match = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})? (\S+)$", line)
+            if not match or match.group(1) != name:
+                continue
+            series = match.group(2) or ""
+            if all(f'{k}="{v}"' in series for k, v in labels.items()):
+                total += float(match.group(3))
+        return total
+
+
+def kubectl(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    """The kubectl built with the control plane, against it, from the repository root."""
+    return subprocess.run(
+        [str(plane.bin_dir / "kubectl"), "--kubeconfig", str(plane.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+
+
+def scheduler_config(control_plane: ControlPlane, extender_url: str, folder: Path) -> Path:
+    """manifests/scheduler/scheduler-config.yaml with only the kubeconfig and URL substituted."""
+    config = yaml.safe_load(SCHEDULER_CONFIG.read_text())
+    config["clientConnection"]["kubeconfig"] = str(control_plane.kubeconfig)
+    for extender in config["extenders"]:
+        extender["urlPrefix"] = extender_url
+    path = folder / "scheduler-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Cluster:
+    """Object helpers over one control plane; every object a test makes is labelled with its
+    test id so that tests scheduling at once never see each other's nodes."""
+
+    def __init__(self, control_plane: ControlPlane, test_id: str) -> None:
+        self.cp = control_plane
+        self.test_id = test_id
+        self.nodes: list[str] = []
+        self.pods: list[str] = []
+
+    # ---- nodes ---------------------------------------------------------------------------
+
+    def node(
+        self,
+        name: str,
+        *,
+        gpus: int = 8,
+        product: str = "NVIDIA-H100-80GB-HBM3",
+        memory_mib: int = 81559,
+    ) -> str:
+        full = f"{self.test_id}-{name}"
+        self.cp.request(
+            "POST",
+            "/api/v1/nodes",
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": full,
+                    "labels": {
+                        "kubernetes.io/hostname": full,
+                        "e2e-test": self.test_id,
+                        "nvidia.com/gpu.product": product,
+                        "nvidia.com/gpu.memory": str(memory_mib),
+                        "nvidia.com/gpu.count": str(gpus),
+                    },
+                },
+                "status": {
+                    "capacity": {
+                        "cpu": "64",
+                        "memory": "512Gi",
+                        "pods": "110",
+                        "nvidia.com/gpu": str(gpus),
+                    },
+                    "allocatable": {
+                        "cpu": "64",
+                        "memory": "512Gi",
+                        "pods": "110",
+                        "nvidia.com/gpu": str(gpus),
+                    },
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "message": "fake node",
+                            "lastHeartbeatTime": None,
+                        }
+                    ],
+                },
+            },
+        )
+        self.nodes.append(full)
+        return full
+
+    def inventory(
+        self,
+        node: str,
+        topology: NodeTopology,
+        *,
+        memory_bytes: int = 81559 * 2**20,
+        product: str = "H100-SXM-80GB",
+        models: Sequence[Mapping[str, Any]] = (),
+        allocated: Sequence[tuple[int, str]] = (),
+    ) -> None:
+        self.cp.request(
+            "POST",
+            INVENTORY_PATH,
+            {
+                "apiVersion": "kvsched.io/v1alpha1",
+                "kind": "NodeInventory",
+                "metadata": {"name": node},
+            },
+        )
+        status = {
+            "gpus": [
+                {
+                    "index": g.index,
+                    "uuid": f"GPU-{node}-{g.index}",
+                    "product": product,
+                    "memoryBytes": memory_bytes,
+                    "numaNode": g.numa_node,
+                }
+                for g in topology.gpus
+            ],
+            "links": topology.codes(),
+            "allocated": [{"index": i, "pod": pod} for i, pod in allocated],
+            "modelCache": {"capacityBytes": 2**41, "models": list(models)},
+            "observedAt": "2026-11-28T08:00:00Z",
+            "source": "agent",
+        }
+        self.cp.request(
+            "PATCH",
+            f"{INVENTORY_PATH}/{node}/status",
+            {"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    # ---- pods ----------------------------------------------------------------------------
+
+    def pod(
+        self,
+        name: str,
+        *,
+        gpus: int = 1,
+        annotations: Mapping[str, str] | None = None,
+        scheduler: str = "kvsched",
+    ) -> str:
+        container: dict[str, Any] = {"name": "main", "image": "vllm/vllm-openai:v0.11.0"}
+        if gpus:
+            container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
+        self.cp.request(
+            "POST",
+            f"/api/v1/namespaces/{NAMESPACE}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "annotations": dict(annotations or {}),
+                    "labels": {"e2e-test": self.test_id},
+                },
+                "spec": {
+                    "schedulerName": scheduler,
+                    "nodeSelector": {"e2e-test": self.test_id},
+                    "containers": [container],
+                },
+            },
+        )
+        self.pods.append(name)
+        return name
+
+    def get_pod(self, name: str) -> dict[str, Any]:
+        pod: dict[str, Any] = self.cp.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}")
+        return pod
+
+    def wait_bound(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        pod: dict[str, Any] = wait_until(
+            lambda: (p := self.get_pod(name))["spec"].get("nodeName") and p,
+            timeout=timeout,
+            what=f"pod {name} bound",
+        )
+        return pod
+
+    def events(self, name: str) -> list[str]:
+        answer = self.cp.request(
+            "GET",
+            f"/api/v1/namespaces/{NAMESPACE}/events?fieldSelector=involvedObject.name%3D{name}",
+        )
+        return [str(e.get("message", "")) for e in answer.get("items", [])]
+
+    def wait_event(self, name: str, text: str, timeout: float = 60.0) -> str:
+        message: str = wait_until(
+            lambda: next((m for m in self.events(name) if text in m), None),
+            timeout=timeout,
+            what=f"event on {name} containing {text!r}",
+        )
+        return message
+
+    def delete_pod(self, name: str) -> None:
+        with contextlib.suppress(ApiError):
+            self.cp.request(
+                "DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}?gracePeriodSeconds=0"
+            )
+
+    def cleanup(self) -> None:
+        for pod in self.pods:
+            self.delete_pod(pod)
+        for node in self.nodes:
+            with contextlib.suppress(ApiError):
+                self.cp.request("DELETE", f"{INVENTORY_PATH}/{node}")
+            with contextlib.suppress(ApiError):
+                self.cp.request("DELETE", f"/api/v1/nodes/{node}")
+
+
+@contextlib.contextmanager
+def cluster_objects(control_plane: ControlPlane, test_id: str) -> Iterator[Cluster]:
+    cluster = Cluster(control_plane, test_id)
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
