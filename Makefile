@@ -32,6 +32,9 @@ cluster-up: controlplane ## start a local control plane; prints its kubeconfig p
 cluster-down: ## stop the local control plane
 	hack/controlplane/down.sh
 
+demo-cluster: install controlplane ## the demo on a local control plane with the real kube-scheduler
+	$(BIN)/python hack/demo_cluster.py
+
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check scheduler topology tests hack
 	$(BIN)/ruff format --check scheduler topology tests hack

@@ -83,6 +83,16 @@ class NodeEvaluation:
     fragmentation_after: float = 0.0
 
     @property
+    def set_label(self) -> str:
+        """The GPU set's tier for people: a lone GPU talks to nobody, so "nvlink-complete"
+        would be true but misleading."""
+        if self.gpu_set is None:
+            return ""
+        if len(self.gpus) == 1:
+            return "single-gpu"
+        return self.gpu_set.tier.name.lower().replace("_", "-")
+
+    @property
     def ready_seconds(self) -> float | None:
         return None if self.cold_start is None else self.cold_start.ready_seconds
 
@@ -96,7 +106,7 @@ class NodeEvaluation:
                 f"weights={self.cold_start.tier.label} ready~{self.cold_start.ready_seconds:.0f}s"
             )
         if self.gpu_set is not None:
-            parts.append(f"set={self.gpu_set.tier.name.lower()}")
+            parts.append(f"set={self.set_label}")
         if self.memory is not None:
             parts.append(f"headroom={format_bytes(self.memory.headroom_bytes)}/gpu")
         return " ".join(parts)

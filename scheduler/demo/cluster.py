@@ -184,7 +184,11 @@ def running_pod(name: str, node: str, gpus: tuple[int, ...]) -> dict[str, Any]:
         "spec": {
             "nodeName": node,
             "containers": [
-                {"name": "main", "resources": {"limits": {"nvidia.com/gpu": str(len(gpus))}}}
+                {
+                    "name": "main",
+                    "image": "vllm/vllm-openai:v0.11.0",
+                    "resources": {"limits": {"nvidia.com/gpu": str(len(gpus))}},
+                }
             ],
         },
         "status": {"phase": "Running"},

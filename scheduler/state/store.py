@@ -478,10 +478,8 @@ def explain_row(name: str, evaluation: NodeEvaluation, scored: ScoredNode) -> di
         "gpus": list(evaluation.gpus),
     }
     if evaluation.gpu_set is not None:
-        # One GPU talks to nobody: "nvlink-complete" would be true but misleading.
-        tier = evaluation.gpu_set.tier.name.lower().replace("_", "-")
         row["gpuSet"] = {
-            "tier": "single-gpu" if len(evaluation.gpus) == 1 else tier,
+            "tier": evaluation.set_label,
             "quality": round(evaluation.gpu_set.quality, 4),
             "description": evaluation.gpu_set.description,
         }
