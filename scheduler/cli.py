@@ -13,7 +13,15 @@ import sys
 from collections.abc import Sequence
 
 # Modules under scheduler.commands, in the order `kvsched --help` lists them.
-COMMAND_MODULES = ("extender", "demo", "topology_cmd", "plan_cmd", "explain_cmd")
+COMMAND_MODULES = (
+    "extender",
+    "controller_cmd",
+    "agent_cmd",
+    "demo",
+    "topology_cmd",
+    "plan_cmd",
+    "explain_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

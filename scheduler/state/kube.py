@@ -9,7 +9,7 @@ generated models are slow on large lists and would drop fields this version does
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,6 +66,23 @@ class ClusterApi(Protocol):
     def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None: ...
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+
+class InventoryApi(Protocol):
+    """NodeInventory reads and writes, for the controller and the node agent."""
+
+    def get_inventory(self, name: str) -> dict[str, Any] | None: ...
+
+    def create_inventory(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]: ...
+
+    def replace_inventory_status(
+        self, name: str, status: Mapping[str, Any], resource_version: str
+    ) -> dict[str, Any]:
+        """Write `.status` only if the object is still at `resource_version` (else
+        ConflictError): optimistic concurrency, so two writers never overwrite each other."""
+        ...
+
+    def delete_inventory(self, name: str) -> None: ...
 
 
 KINDS = ("Node", "Pod", "NodeInventory")
@@ -221,3 +238,105 @@ class KubeApi:
             raise KubeError(f"get pod {namespace}/{name}: {exc}") from None
         pod: dict[str, Any] = orjson.loads(getattr(response, "data", b"{}"))
         return pod
+
+    # ---- NodeInventory writes (controller, agent) --------------------------------------
+
+    def _inventory_call(self, what: str, call: Any, *args: Any) -> dict[str, Any]:
+        try:
+            response = call(
+                INVENTORY_GROUP,
+                INVENTORY_VERSION,
+                INVENTORY_PLURAL,
+                *args,
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
+        except ApiException as exc:
+            raise _translate(exc, what) from None
+        except TransportHTTPError as exc:
+            raise KubeError(f"{what}: {exc}") from None
+        obj: dict[str, Any] = orjson.loads(getattr(response, "data", b"{}") or b"{}")
+        return obj
+
+    def get_inventory(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._inventory_call(
+                f"get NodeInventory {name}", self.custom.get_cluster_custom_object, name
+            )
+        except NotFoundError:
+            return None
+
+    def create_inventory(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{INVENTORY_GROUP}/{INVENTORY_VERSION}",
+            "kind": "NodeInventory",
+            "metadata": {"name": name, "labels": dict(labels)},
+            "spec": {},
+        }
+        return self._inventory_call(
+            f"create NodeInventory {name}", self.custom.create_cluster_custom_object, body
+        )
+
+    def replace_inventory_status(
+        self, name: str, status: Mapping[str, Any], resource_version: str
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{INVENTORY_GROUP}/{INVENTORY_VERSION}",
+            "kind": "NodeInventory",
+            "metadata": {"name": name, "resourceVersion": resource_version},
+            "status": dict(status),
+        }
+        return self._inventory_call(
+            f"write NodeInventory {name} status",
+            self.custom.replace_cluster_custom_object_status,
+            name,
+            body,
+        )
+
+    def delete_inventory(self, name: str) -> None:
+        self._inventory_call(
+            f"delete NodeInventory {name}", self.custom.delete_cluster_custom_object, name
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSettings:
+    """Leader election on a coordination.k8s.io Lease (the client library's implementation).
+
+    A new leader takes over at most `lease_duration_s` after the old one stopped renewing;
+    the leader gives up if it cannot renew within `renew_deadline_s`.
+    """
+
+    name: str = "kvsched-controller"
+    namespace: str = "kvsched-system"
+    lease_duration_s: int = 15
+    renew_deadline_s: int = 10
+    retry_period_s: int = 2
+
+
+def run_leader_election(
+    api: KubeApi,
+    settings: LeaseSettings,
+    identity: str,
+    on_started: Callable[[], None],
+    on_stopped: Callable[[], None],
+) -> None:
+    """Block: wait for the lease, call `on_started` (in a thread) while leading, and call
+    `on_stopped` when the lease is lost. Run it in a daemon thread."""
+    # Imported here: the leaderelection package logs at import and is only needed by the
+    # controller.
+    from kubernetes.leaderelection import electionconfig, leaderelection
+    from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
+
+    lock = LeaseLock(settings.name, settings.namespace, identity)
+    # The lock builds its API object from the global default client; use ours instead.
+    lock.api_instance = client.CoordinationV1Api(api.api_client)
+    config_ = electionconfig.Config(
+        lock,
+        lease_duration=settings.lease_duration_s,
+        renew_deadline=settings.renew_deadline_s,
+        retry_period=settings.retry_period_s,
+        onstarted_leading=on_started,
+        onstopped_leading=on_stopped,
+    )
+    leaderelection.LeaderElection(config_).run()

@@ -19,12 +19,11 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from scheduler.state.kube import KINDS, ClusterApi, GoneError, KubeError, NotFoundError
-from scheduler.state.store import ClusterStore
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,19 @@ class SyncSettings:
     watch_timeout_s: int = 300
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+
+
+class SyncTarget(Protocol):
+    """Where the informers put what they see (the extender's ClusterStore, the controller's
+    state)."""
+
+    synced: bool
+
+    def replace_kind(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None: ...
+
+    def upsert(self, kind: str, obj: Mapping[str, Any]) -> None: ...
+
+    def delete(self, kind: str, obj: Mapping[str, Any]) -> None: ...
 
 
 class SyncObserver(Protocol):
@@ -61,7 +73,7 @@ class ClusterSync:
     def __init__(
         self,
         api: ClusterApi,
-        store: ClusterStore,
+        store: SyncTarget,
         settings: SyncSettings | None = None,
         observer: SyncObserver | None = None,
         sleep: Callable[[float], None] | None = None,
@@ -162,7 +174,7 @@ class ClusterSync:
             self._listed.add(kind)
             if self._listed >= set(KINDS) and not self.store.synced:
                 self.store.synced = True
-                log.info("cluster view synced: %d nodes", len(self.store.node_names()))
+                log.info("cluster view synced")
 
     def _backoff(self, failures: int) -> float:
         base = min(

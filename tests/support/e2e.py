@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from scheduler.inventory.status import format_time, now
 from support.controlplane import REPO_ROOT, ApiError, ControlPlane
 from topology.model import NodeTopology
 
@@ -127,6 +128,82 @@ class Extender:
         return total
 
 
+class ControllerProcess:
+    """`kvsched controller` as a child process, with its own metrics port and identity."""
+
+    def __init__(self, kubeconfig: Path, log_dir: Path, identity: str, **flags: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.identity = identity
+        self.metrics_port = free_port()
+        self.log_path = log_dir / f"controller-{identity}.log"
+        self.flags = flags
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [
+            sys.executable,
+            "-m",
+            "scheduler.cli",
+            "controller",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--identity",
+            self.identity,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--metrics-host",
+            "127.0.0.1",
+            "--log-format",
+            "text",
+            "--lease-duration-seconds",
+            "6",
+            "--resync-seconds",
+            "2",
+        ]
+        for key, value in self.flags.items():
+            args += [f"--{key.replace('_', '-')}", value]
+        self.process = subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def metric(self, name: str) -> float | None:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+            ) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def leading(self) -> bool:
+        return self.metric("kvsched_controller_leader") == 1.0
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
 def kubectl(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
     """The kubectl built with the control plane, against it, from the repository root."""
     return subprocess.run(
@@ -169,6 +246,7 @@ class Cluster:
         gpus: int = 8,
         product: str = "NVIDIA-H100-80GB-HBM3",
         memory_mib: int = 81559,
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         full = f"{self.test_id}-{name}"
         self.cp.request(
@@ -185,6 +263,7 @@ class Cluster:
                         "nvidia.com/gpu.product": product,
                         "nvidia.com/gpu.memory": str(memory_mib),
                         "nvidia.com/gpu.count": str(gpus),
+                        **(labels or {}),
                     },
                 },
                 "status": {
@@ -248,7 +327,7 @@ class Cluster:
             "links": topology.codes(),
             "allocated": [{"index": i, "pod": pod} for i, pod in allocated],
             "modelCache": {"capacityBytes": 2**41, "models": list(models)},
-            "observedAt": "2026-11-28T08:00:00Z",
+            "observedAt": format_time(now()),
             "source": "agent",
         }
         self.cp.request(
@@ -318,6 +397,52 @@ class Cluster:
             what=f"event on {name} containing {text!r}",
         )
         return message
+
+    def run_pod(
+        self, name: str, node: str, *, gpus: int = 1, annotations: Mapping[str, str] | None = None
+    ) -> str:
+        """A pod already on `node` (nodeName set at create, as a kubelet-era pod) and marked
+        Running through the status subresource: what the controller learns residency from."""
+        container: dict[str, Any] = {
+            "name": "main",
+            "image": "vllm/vllm-openai:v0.11.0",
+            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+        }
+        self.cp.request(
+            "POST",
+            f"/api/v1/namespaces/{NAMESPACE}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "annotations": dict(annotations or {}),
+                    "labels": {"e2e-test": self.test_id},
+                },
+                "spec": {"nodeName": node, "containers": [container]},
+            },
+        )
+        self.pods.append(name)
+        self.cp.request(
+            "PATCH",
+            f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/status",
+            {"status": {"phase": "Running"}},
+            content_type="application/merge-patch+json",
+        )
+        return name
+
+    def get_inventory(self, node: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.cp.request("GET", f"{INVENTORY_PATH}/{node}")
+        except ApiError:
+            return None
+        return found
+
+    def cached_models(self, node: str) -> dict[str, str]:
+        """model name -> tier, as the node's inventory says now."""
+        inventory = self.get_inventory(node) or {}
+        models = ((inventory.get("status") or {}).get("modelCache") or {}).get("models") or []
+        return {m["name"].lower(): m["tier"] for m in models}
 
     def delete_pod(self, name: str) -> None:
         with contextlib.suppress(ApiError):

@@ -1,0 +1,301 @@
+"""The inventory controller: watches Nodes, Pods and NodeInventories and, while it holds the
+leader lease, keeps every GPU node's NodeInventory status true.
+
+- residency is learned from pods (scheduler.controller.residency) and merged with what an
+  agent reported (scheduler.inventory.merge): fresh agent facts win;
+- missing inventories of GPU nodes are created, those of deleted nodes deleted;
+- writes use optimistic concurrency (resourceVersion) and retry on conflict;
+- a node is reconciled when something about it changed, and all nodes every resync period
+  (so tiers age: host-memory becomes local-disk without any event).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from scheduler.controller.residency import (
+    ResidencySettings,
+    ResidencyTracker,
+    cache_capacity_bytes,
+)
+from scheduler.core.quantity import parse_whole_quantity
+from scheduler.inventory.merge import merge_controller_view, status_changed
+from scheduler.inventory.status import InventoryStatus, now
+from scheduler.state.kube import ConflictError, InventoryApi, KubeError, NotFoundError
+from scheduler.state.objects import GFD_COUNT, GFD_PRODUCT, GPU_RESOURCE, object_name
+
+log = logging.getLogger(__name__)
+
+OWNER_LABEL = "kvsched.io/node"
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    """resync_s: every node is reconciled at least this often (tiers age with time).
+    write_attempts: optimistic-concurrency retries per inventory write."""
+
+    resync_s: float = 30.0
+    write_attempts: int = 5
+
+
+class ControllerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.inventories = Gauge(
+            "kvsched_controller_inventories",
+            "NodeInventories the controller keeps.",
+            registry=self.registry,
+        )
+        self.cached_models = Gauge(
+            "kvsched_controller_cached_models",
+            "Model copies in all inventories, by source.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.writes = Counter(
+            "kvsched_controller_inventory_writes",
+            "Inventory writes by result (written, unchanged, created, deleted, failed).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.conflicts = Counter(
+            "kvsched_controller_write_conflicts",
+            "Inventory status writes refused because the object changed meanwhile.",
+            registry=self.registry,
+        )
+        self.watch_restarts = Counter(
+            "kvsched_controller_watch_restarts",
+            "Informer restarts by kind and reason.",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "kvsched_controller_leader",
+            "1 while this replica holds the leader lease.",
+            registry=self.registry,
+        )
+        self.evictions = Gauge(
+            "kvsched_controller_evictions",
+            "Models evicted from learned residency (total).",
+            registry=self.registry,
+        )
+
+    # SyncObserver
+    def watch_restarted(self, kind: str, reason: str) -> None:
+        self.watch_restarts.labels(kind, reason).inc()
+
+    def listed(self, kind: str, count: int) -> None:
+        pass
+
+
+def is_gpu_node(node: Mapping[str, Any]) -> bool:
+    status = node.get("status") or {}
+    for field in ("allocatable", "capacity"):
+        value = (status.get(field) or {}).get(GPU_RESOURCE)
+        if value is not None:
+            try:
+                return parse_whole_quantity(value) > 0
+            except ValueError:
+                return False
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return GFD_PRODUCT in labels or GFD_COUNT in labels
+
+
+class ControllerState:
+    """What the informers feed (a SyncTarget); marks nodes dirty for the reconciler."""
+
+    def __init__(self, tracker: ResidencyTracker, clock: Callable[[], datetime] = now) -> None:
+        self.tracker = tracker
+        self.clock = clock
+        self.synced = False
+        self.nodes: dict[str, Mapping[str, Any]] = {}
+        self.inventories: dict[str, Mapping[str, Any]] = {}
+        self._dirty: set[str] = set()
+        self._lock = threading.Lock()
+        self.changed = threading.Event()
+
+    def mark(self, *names: str | None) -> None:
+        with self._lock:
+            self._dirty.update(n for n in names if n)
+        self.changed.set()
+
+    def take_dirty(self) -> set[str]:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        self.changed.clear()
+        return dirty
+
+    def replace_kind(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
+        items = list(items)
+        if kind == "Node":
+            gone = set(self.nodes) - {object_name(n) for n in items}
+            for name in gone:
+                self.tracker.forget_node(name)
+            self.nodes = {object_name(n): n for n in items}
+            self.mark(*self.nodes, *gone)
+        elif kind == "NodeInventory":
+            self.inventories = {object_name(i): i for i in items}
+            self.mark(*self.inventories)
+        elif kind == "Pod":
+            moment = self.clock()
+            for pod in items:
+                self.tracker.observe_pod(pod, moment)
+            self.mark(*self.nodes)
+
+    def upsert(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = object_name(obj)
+        if kind == "Node":
+            self.nodes[name] = obj
+            self.mark(name)
+        elif kind == "NodeInventory":
+            self.inventories[name] = obj
+            self.mark(name)
+        elif kind == "Pod":
+            self.tracker.observe_pod(obj, self.clock())
+            self.mark((obj.get("spec") or {}).get("nodeName"))
+
+    def delete(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = object_name(obj)
+        if kind == "Node":
+            self.nodes.pop(name, None)
+            self.tracker.forget_node(name)
+            self.mark(name)
+        elif kind == "NodeInventory":
+            self.inventories.pop(name, None)
+            self.mark(name)
+        elif kind == "Pod":
+            uid = str((obj.get("metadata") or {}).get("uid") or "")
+            self.tracker.forget_pod(uid, self.clock())
+            self.mark((obj.get("spec") or {}).get("nodeName"))
+
+
+class Reconciler:
+    """Makes one node's inventory match what the controller knows. Leader only."""
+
+    def __init__(
+        self,
+        api: InventoryApi,
+        state: ControllerState,
+        residency: ResidencySettings,
+        settings: ControllerSettings,
+        metrics: ControllerMetrics,
+    ) -> None:
+        self.api = api
+        self.state = state
+        self.residency = residency
+        self.settings = settings
+        self.metrics = metrics
+
+    def reconcile(self, name: str) -> None:
+        node = self.state.nodes.get(name)
+        if node is None or not is_gpu_node(node):
+            if name in self.state.inventories:
+                self._delete(name)
+            return
+        for _ in range(self.settings.write_attempts):
+            obj = self.state.inventories.get(name)
+            if obj is None:
+                obj = self._create(name)
+            try:
+                self._write(name, node, obj)
+                return
+            except ConflictError:
+                # Someone (the agent, another controller) wrote first: re-read and merge again.
+                self.metrics.conflicts.inc()
+                fresh = self.api.get_inventory(name)
+                if fresh is None:
+                    self.state.inventories.pop(name, None)
+                else:
+                    self.state.inventories[name] = fresh
+        self.metrics.writes.labels("failed").inc()
+        log.warning("inventory %s: gave up after %d conflicts", name, self.settings.write_attempts)
+
+    def _write(self, name: str, node: Mapping[str, Any], obj: Mapping[str, Any]) -> None:
+        moment = self.state.clock()
+        capacity = self._capacity(node, obj)
+        models, allocated = self.state.tracker.learned(name, moment, capacity)
+        current = InventoryStatus.from_status(obj.get("status"))
+        for problem in current.problems if current is not None else ():
+            log.warning("inventory %s: %s", name, problem)
+        new = merge_controller_view(current, models, allocated, capacity, moment, self.residency)
+        if not status_changed(current, new):
+            self.metrics.writes.labels("unchanged").inc()
+            return
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        written = self.api.replace_inventory_status(name, new.to_status(), version)
+        self.state.inventories[name] = written
+        self.metrics.writes.labels("written").inc()
+
+    def _capacity(self, node: Mapping[str, Any], obj: Mapping[str, Any]) -> int:
+        current = InventoryStatus.from_status(obj.get("status"))
+        return cache_capacity_bytes(node, current, self.residency)
+
+    def _create(self, name: str) -> Mapping[str, Any]:
+        try:
+            obj = self.api.create_inventory(name, {OWNER_LABEL: name})
+            self.metrics.writes.labels("created").inc()
+        except ConflictError:  # created meanwhile (agent): use theirs
+            found = self.api.get_inventory(name)
+            if found is None:
+                raise KubeError(f"inventory {name} neither creatable nor readable") from None
+            obj = found
+        self.state.inventories[name] = obj
+        return obj
+
+    def _delete(self, name: str) -> None:
+        try:
+            self.api.delete_inventory(name)
+            self.metrics.writes.labels("deleted").inc()
+        except NotFoundError:
+            pass
+        self.state.inventories.pop(name, None)
+
+
+class Controller:
+    """Runs the reconciler while leading; returns when stopped or when leadership is lost."""
+
+    def __init__(
+        self, reconciler: Reconciler, state: ControllerState, settings: ControllerSettings
+    ) -> None:
+        self.reconciler = reconciler
+        self.state = state
+        self.settings = settings
+        self.stop_event = threading.Event()
+
+    def lead(self) -> None:
+        """The leader's loop (the lease library calls it in a thread once elected)."""
+        metrics = self.reconciler.metrics
+        metrics.leader.set(1)
+        log.info("leading: reconciling NodeInventories")
+        last_full = 0.0
+        while not self.stop_event.is_set():
+            if not self.state.synced:
+                self.stop_event.wait(0.2)
+                continue
+            moment = self.state.clock().timestamp()
+            names = self.state.take_dirty()
+            if moment - last_full >= self.settings.resync_s:
+                names |= set(self.state.nodes) | set(self.state.inventories)
+                last_full = moment
+            for name in sorted(names):
+                try:
+                    self.reconciler.reconcile(name)
+                except KubeError as exc:
+                    metrics.writes.labels("failed").inc()
+                    log.warning("inventory %s: %s; will retry", name, exc)
+                    self.state.mark(name)
+            metrics.inventories.set(len(self.state.inventories))
+            metrics.evictions.set(self.state.tracker.evictions)
+            self.state.changed.wait(1.0)
+
+    def stopped_leading(self) -> None:
+        self.reconciler.metrics.leader.set(0)
+        log.warning("lost the leader lease; stopping")
+        self.stop_event.set()

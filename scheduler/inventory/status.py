@@ -1,0 +1,209 @@
+"""NodeInventory `.status` as typed values, and its JSON form (manifests/crd defines the schema).
+
+The agent and the controller build these and write `to_status()`; both read an existing
+object with `InventoryStatus.from_status()`, which is lenient (a field it cannot read is
+dropped with the reason in `problems`) because the object may come from another version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+TIERS = ("gpu", "host-memory", "local-disk")
+SOURCES = ("agent", "controller")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def format_time(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """RFC 3339 as the API server writes it ("2026-11-28T08:00:00Z")."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuEntry:
+    index: int
+    uuid: str | None = None
+    product: str | None = None
+    memory_bytes: int | None = None
+    numa_node: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index}
+        if self.uuid is not None:
+            out["uuid"] = self.uuid
+        if self.product is not None:
+            out["product"] = self.product
+        if self.memory_bytes is not None:
+            out["memoryBytes"] = self.memory_bytes
+        if self.numa_node is not None:
+            out["numaNode"] = self.numa_node
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    index: int
+    pod: str  # namespace/name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "pod": self.pod}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One cached copy of a model on the node."""
+
+    name: str
+    tier: str
+    revision: str | None = None
+    size_bytes: int | None = None
+    last_used: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.tier not in TIERS:
+            raise ValueError(f"model {self.name}: tier {self.tier!r} not one of {TIERS}")
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.name.lower(), self.revision)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "tier": self.tier}
+        if self.revision is not None:
+            out["revision"] = self.revision
+        if self.size_bytes is not None:
+            out["sizeBytes"] = self.size_bytes
+        if self.last_used is not None:
+            out["lastUsed"] = format_time(self.last_used)
+        return out
+
+
+@dataclass(frozen=True)
+class InventoryStatus:
+    source: str
+    gpus: tuple[GpuEntry, ...] = ()
+    links: tuple[tuple[str, ...], ...] = ()
+    allocated: tuple[Allocation, ...] = ()
+    cache_capacity_bytes: int | None = None
+    models: tuple[ModelEntry, ...] = ()
+    bandwidth: Mapping[str, float] = field(default_factory=dict)
+    observed_at: dt.datetime | None = None
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"source {self.source!r} not one of {SOURCES}")
+
+    def with_models(self, models: tuple[ModelEntry, ...]) -> InventoryStatus:
+        return replace(self, models=models)
+
+    def to_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"source": self.source}
+        if self.gpus:
+            status["gpus"] = [g.to_dict() for g in self.gpus]
+            status["gpuCount"] = len(self.gpus)
+        if self.links:
+            status["links"] = [list(row) for row in self.links]
+        status["allocated"] = [a.to_dict() for a in self.allocated]
+        cache: dict[str, Any] = {"models": [m.to_dict() for m in self.models]}
+        if self.cache_capacity_bytes is not None:
+            cache["capacityBytes"] = self.cache_capacity_bytes
+        status["modelCache"] = cache
+        if self.bandwidth:
+            status["bandwidth"] = dict(self.bandwidth)
+        if self.observed_at is not None:
+            status["observedAt"] = format_time(self.observed_at)
+        return status
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None) -> InventoryStatus | None:
+        """Read an object's status; None when there is none (a fresh object)."""
+        if not status:
+            return None
+        problems: list[str] = []
+        source = status.get("source")
+        if source not in SOURCES:
+            problems.append(f"source {source!r} unknown; read as controller")
+            source = "controller"
+        gpus: list[GpuEntry] = []
+        for item in _list(status.get("gpus")):
+            try:
+                gpus.append(
+                    GpuEntry(
+                        int(item["index"]),
+                        _str(item.get("uuid")),
+                        _str(item.get("product")),
+                        _int(item.get("memoryBytes")),
+                        _int(item.get("numaNode")),
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                problems.append(f"gpus entry {item!r}: {exc}")
+        links = tuple(tuple(str(code) for code in _list(row)) for row in _list(status.get("links")))
+        allocated: list[Allocation] = []
+        for item in _list(status.get("allocated")):
+            try:
+                allocated.append(Allocation(int(item["index"]), str(item["pod"])))
+            except (KeyError, TypeError, ValueError) as exc:
+                problems.append(f"allocated entry {item!r}: {exc}")
+        cache = status.get("modelCache") if isinstance(status.get("modelCache"), Mapping) else {}
+        assert isinstance(cache, Mapping)
+        models: list[ModelEntry] = []
+        for item in _list(cache.get("models")):
+            try:
+                last_used = item.get("lastUsed")
+                models.append(
+                    ModelEntry(
+                        name=str(item["name"]),
+                        tier=str(item["tier"]),
+                        revision=_str(item.get("revision")),
+                        size_bytes=_int(item.get("sizeBytes")),
+                        last_used=parse_time(last_used) if isinstance(last_used, str) else None,
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                problems.append(f"model entry {item!r}: {exc}")
+        bandwidth = status.get("bandwidth")
+        observed = status.get("observedAt")
+        try:
+            observed_at = parse_time(observed) if isinstance(observed, str) else None
+        except ValueError as exc:
+            problems.append(f"observedAt {observed!r}: {exc}")
+            observed_at = None
+        return cls(
+            source=str(source),
+            gpus=tuple(gpus),
+            links=links,
+            allocated=tuple(allocated),
+            cache_capacity_bytes=_int(cache.get("capacityBytes")),
+            models=tuple(models),
+            bandwidth={str(k): float(v) for k, v in bandwidth.items() if isinstance(v, int | float)}
+            if isinstance(bandwidth, Mapping)
+            else {},
+            observed_at=observed_at,
+            problems=tuple(problems),
+        )
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
