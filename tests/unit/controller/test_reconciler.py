@@ -90,7 +90,7 @@ def test_creates_and_fills_the_inventory_of_a_gpu_node() -> None:
 
 
 def test_no_write_when_nothing_changed() -> None:
-    api, state, reconciler, metrics = setup()
+    api, state, reconciler, _ = setup()
     state.replace_kind("Node", [gpu_node("a")])
     reconciler.reconcile("a")
     reconciler.reconcile("a")
