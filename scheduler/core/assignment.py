@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +63,50 @@ def uuids_for(indices: Sequence[int], uuid_by_index: Sequence[str | None]) -> tu
     if any(u is None for u in found):
         return ()
     return tuple(u for u in found if u is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReservation:
+    """The `kvsched.io/reservation` annotation: GPUs a gang plan holds for a member until it
+    binds or the plan expires. Kept on the member pod so that a restarted extender rebuilds
+    the plan from the API server: ``{"gang": "ns/name", "node": "n", "indices": [0, 1],
+    "expires": "2026-11-28T10:00:00Z"}``."""
+
+    gang: str
+    node: str
+    indices: tuple[int, ...]
+    expires: datetime
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "gang": self.gang,
+                "node": self.node,
+                "indices": list(self.indices),
+                "expires": self.expires.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def decode(cls, text: str) -> GpuReservation:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc.msg}") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        gang, node, indices, expires = (data.get(k) for k in ("gang", "node", "indices", "expires"))
+        if not isinstance(gang, str) or "/" not in gang:
+            raise ValueError("'gang' must be namespace/name")
+        if not isinstance(node, str) or not node:
+            raise ValueError("'node' must be a non-empty string")
+        if not isinstance(indices, list) or not _int_list(indices):
+            raise ValueError("'indices' must be a list of GPU indices >= 0")
+        if not isinstance(expires, str):
+            raise ValueError("'expires' must be an RFC 3339 time")
+        try:
+            when = datetime.fromisoformat(expires.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"'expires' {expires!r} is not an RFC 3339 time") from None
+        return cls(gang, node, tuple(indices), when)

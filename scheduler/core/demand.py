@@ -41,6 +41,7 @@ A_KV_PEER = PREFIX + "kv-peer"
 # Annotations kvsched writes at bind.
 A_ASSIGNED_GPUS = PREFIX + "assigned-gpus"
 A_PLACEMENT = PREFIX + "placement"
+A_RESERVATION = PREFIX + "reservation"
 
 USER_ANNOTATIONS = frozenset(
     {
@@ -60,7 +61,7 @@ USER_ANNOTATIONS = frozenset(
         A_KV_PEER,
     }
 )
-KNOWN_ANNOTATIONS = USER_ANNOTATIONS | {A_ASSIGNED_GPUS, A_PLACEMENT}
+KNOWN_ANNOTATIONS = USER_ANNOTATIONS | {A_ASSIGNED_GPUS, A_PLACEMENT, A_RESERVATION}
 
 # Group identity from other projects' conventions (facts.md).
 LWS_GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
@@ -85,6 +86,10 @@ class GangRef:
     name: str
     size: int | None
     source: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -312,15 +317,32 @@ def _gang(
             raise DemandError(f"annotation {A_GANG}='' is empty: name the group")
         size = _positive_int(A_GANG_SIZE, size_text) if size_text is not None else None
         return GangRef(namespace, gang.strip(), size, "annotation")
-    if size_text is not None:
-        raise DemandError(f"annotation {A_GANG_SIZE}={size_text!r} needs {A_GANG} to be set")
-    if LWS_GROUP_KEY in labels:
+    if LWS_GROUP_KEY in labels and size_text is None:
         lws_size = annotations.get(LWS_SIZE)
         size = _positive_int(LWS_SIZE, lws_size) if lws_size is not None else None
         return GangRef(namespace, "lws-" + labels[LWS_GROUP_KEY], size, "leaderworkerset")
     if POD_GROUP_LABEL in labels:
-        return GangRef(namespace, labels[POD_GROUP_LABEL], None, "pod-group")
+        # The PodGroup's minMember lives in another object; kvsched reads the size from
+        # kvsched.io/gang-size on the members.
+        size = _positive_int(A_GANG_SIZE, size_text) if size_text is not None else None
+        return GangRef(namespace, labels[POD_GROUP_LABEL], size, "pod-group")
+    if size_text is not None:
+        raise DemandError(f"annotation {A_GANG_SIZE}={size_text!r} needs {A_GANG} to be set")
     return None
+
+
+def gang_of(pod: Mapping[str, Any]) -> GangRef | None:
+    """The group a pod belongs to, or None (also None when its group annotations are broken:
+    parse_demand reports those)."""
+    meta = pod.get("metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    try:
+        annotations = _string_map(meta.get("annotations"), "metadata.annotations")
+        labels = _string_map(meta.get("labels"), "metadata.labels")
+        return _gang(str(meta.get("namespace") or "default"), annotations, labels)
+    except DemandError:
+        return None
 
 
 T = TypeVar("T")

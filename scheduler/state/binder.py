@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from scheduler.core.assignment import GpuAssignment
-from scheduler.core.demand import A_ASSIGNED_GPUS, A_PLACEMENT
+from scheduler.core.assignment import GpuAssignment, GpuReservation
+from scheduler.core.demand import A_ASSIGNED_GPUS, A_PLACEMENT, A_RESERVATION
 from scheduler.state.kube import ClusterApi, ConflictError, KubeError, NotFoundError
 from scheduler.state.objects import PodRecord, pod_record
 from scheduler.state.store import BindError
@@ -21,6 +21,18 @@ log = logging.getLogger(__name__)
 class ApiBinder:
     def __init__(self, api: ClusterApi) -> None:
         self.api = api
+
+    def reserve(self, namespace: str, name: str, reservation: GpuReservation | None) -> None:
+        """Write (or with None remove) a gang member's reservation on the pod itself, where a
+        restarted extender will find it."""
+        value = reservation.encode() if reservation is not None else None
+        try:
+            self.api.annotate_pod(namespace, name, {A_RESERVATION: value})
+        except NotFoundError:
+            if reservation is not None:
+                raise BindError(f"pod {namespace}/{name} no longer exists") from None
+        except KubeError as exc:
+            raise BindError(f"cannot record reservation on pod {namespace}/{name}: {exc}") from None
 
     def bind(self, pod: PodRecord, assignment: GpuAssignment, placement: str) -> None:
         node = assignment.node

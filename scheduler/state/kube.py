@@ -61,7 +61,11 @@ class ClusterApi(Protocol):
         """Events `{"type": ADDED|MODIFIED|DELETED|BOOKMARK, "object": {...}}`; raises GoneError."""
         ...
 
-    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None: ...
+    def annotate_pod(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        """Merge `annotations` into the pod's; a None value removes that annotation."""
+        ...
 
     def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None: ...
 
@@ -199,7 +203,9 @@ class KubeApi:
         finally:
             watcher.stop()
 
-    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+    def annotate_pod(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
         body = {"metadata": {"annotations": dict(annotations)}}
         try:
             self.core.patch_namespaced_pod(

@@ -11,8 +11,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.core.assignment import GpuAssignment
-from scheduler.core.demand import A_ASSIGNED_GPUS, A_MODEL, DemandError, gpu_request
+from scheduler.core.assignment import GpuAssignment, GpuReservation
+from scheduler.core.demand import (
+    A_ASSIGNED_GPUS,
+    A_MODEL,
+    A_RESERVATION,
+    DemandError,
+    gang_of,
+    gpu_request,
+)
 from scheduler.core.node import Bandwidth, CachedModel, NodeState, Tier
 from scheduler.core.quantity import parse_quantity, parse_whole_quantity
 from scheduler.models.catalog import Catalog
@@ -41,6 +48,8 @@ class PodRecord:
     assignment: GpuAssignment | None
     model: str | None
     phase: str
+    gang: str | None = None  # "namespace/name" of its all-or-nothing group
+    reservation: GpuReservation | None = None  # GPUs a gang plan holds for it (unbound)
 
     @property
     def ref(self) -> str:
@@ -71,6 +80,21 @@ def pod_record(pod: Mapping[str, Any]) -> PodRecord:
             assignment = GpuAssignment.decode(raw)
         except ValueError as exc:
             log.warning("pod %s/%s: ignoring %s=%r: %s", namespace, name, A_ASSIGNED_GPUS, raw, exc)
+    reservation = None
+    raw_reservation = annotations.get(A_RESERVATION)
+    if isinstance(raw_reservation, str):
+        try:
+            reservation = GpuReservation.decode(raw_reservation)
+        except ValueError as exc:
+            log.warning(
+                "pod %s/%s: ignoring %s=%r: %s",
+                namespace,
+                name,
+                A_RESERVATION,
+                raw_reservation,
+                exc,
+            )
+    gang = gang_of(pod)
     node = spec.get("nodeName") or None
     model = annotations.get(A_MODEL)
     return PodRecord(
@@ -82,6 +106,8 @@ def pod_record(pod: Mapping[str, Any]) -> PodRecord:
         assignment=assignment,
         model=model if isinstance(model, str) else None,
         phase=str(status.get("phase") or "Pending"),
+        gang=gang.key if gang is not None else None,
+        reservation=reservation,
     )
 
 

@@ -12,15 +12,17 @@ one dictionary lookup per node after the first pod of a kind.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cachetools import LRUCache
 
-from scheduler.core.assignment import GpuAssignment, uuids_for
+from scheduler.core.assignment import GpuAssignment, GpuReservation, uuids_for
+from scheduler.core.gang import GangFailure, GangMember, plan_gang, topology_key_for
 from scheduler.core.demand import PodDemand, parse_demand
 from scheduler.core.node import NodeState
 from scheduler.core.placement import (
@@ -39,6 +41,8 @@ from scheduler.state.objects import (
     object_name,
     pod_record,
 )
+from scheduler.inventory.status import now
+from scheduler.state.gangs import GangBook, Reserved
 from scheduler.state.offline import ClusterObjects
 
 log = logging.getLogger(__name__)
@@ -53,9 +57,14 @@ class BindError(RuntimeError):
 
 
 class Binder(Protocol):
-    """Makes a bind durable. Offline mode keeps it in memory; cluster mode posts pods/binding."""
+    """Makes binds and gang reservations durable. Offline mode keeps them in memory; cluster
+    mode posts pods/binding and annotates pods."""
 
     def bind(self, pod: PodRecord, assignment: GpuAssignment, placement: str) -> None: ...
+
+    def reserve(self, namespace: str, name: str, reservation: GpuReservation | None) -> None:
+        """Record (or with None, clear) a gang member's reservation on the member pod."""
+        ...
 
 
 class InMemoryBinder:
@@ -63,6 +72,9 @@ class InMemoryBinder:
 
     def bind(self, pod: PodRecord, assignment: GpuAssignment, placement: str) -> None:
         log.info("bound %s to %s gpus=%s (%s)", pod.ref, pod.node, assignment.indices, placement)
+
+    def reserve(self, namespace: str, name: str, reservation: GpuReservation | None) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +123,15 @@ class ClusterStore:
         memo_pods: int = 4096,
         max_shapes: int = 1_000_000,
         pending_pods: int = 10_000,
+        gang_ttl_s: float = 300.0,
+        clock: Callable[[], dt.datetime] = now,
     ) -> None:
+        """gang_ttl_s: how long a gang plan holds its GPUs for members that have not bound;
+        after that it is released and the group planned again."""
         self.catalog = catalog
+        self.gang_ttl_s = gang_ttl_s
+        self.clock = clock
+        self._gangs = GangBook(clock)
         self.scoring = scoring
         self.binder: Binder = binder or InMemoryBinder()
         self._lock = threading.RLock()
@@ -225,6 +244,10 @@ class ClusterStore:
     def delete_pod(self, uid: str) -> None:
         with self._lock:
             self._assumed.pop(uid, None)
+            gang = self._gangs.gang_of(uid) or (self._pods[uid].gang if uid in self._pods else None)
+            if gang is not None and self._gangs.plan(gang) is not None:
+                log.info("gang %s: member %s deleted; releasing its plan", gang, uid)
+                self._release_gang(gang)
             old = self._pods.pop(uid, None)
             if old is not None:
                 self._pod_objects.pop((old.namespace, old.name), None)
@@ -241,6 +264,7 @@ class ClusterStore:
                 record, obj = assumed, None
             else:
                 del self._assumed[record.uid]
+        self._track_reservation(record)
         if obj is not None and (record.gpus > 0 or record.model is not None):
             # Kept for explain; pods without GPUs are only counted, not stored whole.
             self._pod_objects[(record.namespace, record.name)] = obj
@@ -258,12 +282,12 @@ class ClusterStore:
         if node is None:
             self._entries.pop(name, None)
             return
-        state = node_state(
-            node,
-            self._inventories.get(name),
-            self._pods_by_node.get(name, {}).values(),
-            self.catalog,
-        )
+        pods = list(self._pods_by_node.get(name, {}).values())
+        for reserved in self._gangs.records_on(name):
+            holder = self._pods.get(reserved.uid)
+            if holder is None or holder.node is None:
+                pods.append(reserved)
+        state = node_state(node, self._inventories.get(name), pods, self.catalog)
         self._entries[name] = self._entry(state)
 
     # ---- queries -------------------------------------------------------------------------
@@ -354,9 +378,152 @@ class ClusterStore:
             tiers[model] = max(int(c.tier) for c in copies) + 1
         return _Entry(state, shape_id, tiers)
 
+    # ---- gangs ---------------------------------------------------------------------------
+
+    def _track_reservation(self, record: PodRecord) -> None:
+        """Keep the gang book in step with a pod as listed or watched."""
+        if record.node is not None:
+            if self._gangs.settle(record.uid) is not None:
+                log.info("gang %s: member %s bound", record.gang, record.ref)
+            return
+        reservation = record.reservation
+        if (
+            reservation is None
+            or record.phase in TERMINAL_PHASES
+            or self._gangs.reservation(record.uid) is not None
+            or reservation.expires <= self.clock()
+        ):
+            return
+        # Found on a listed pod: a plan made before a restart of ours.
+        self._gangs.restore(
+            Reserved(record.uid, record.namespace, record.name, record.gpus, reservation)
+        )
+        if reservation.node in self._node_objects:
+            self._rebuild(reservation.node)
+
+    def _release_gang(self, gang: str, clear_annotations: bool = True) -> None:
+        released = self._gangs.release(gang)
+        for reserved in released:
+            if clear_annotations:
+                try:
+                    self.binder.reserve(reserved.namespace, reserved.name, None)
+                except BindError as exc:  # best effort: an expired annotation is ignored
+                    log.warning(
+                        "gang %s: cannot clear reservation of %s: %s", gang, reserved.name, exc
+                    )
+        for node in {r.reservation.node for r in released}:
+            self._rebuild(node)
+
+    def _expire_gangs(self) -> None:
+        for gang in self._gangs.expired():
+            log.info("gang %s: plan expired before every member bound; releasing", gang)
+            self._release_gang(gang)
+
+    def _gang_members(self, demand: PodDemand) -> tuple[list[PodDemand], list[PodRecord]]:
+        """(unbound members' demands, bound members) of the pod's group, as far as known."""
+        assert demand.gang is not None
+        key = demand.gang.key
+        unbound: dict[str, PodDemand] = {demand.uid: demand}
+        bound: list[PodRecord] = []
+        for record in list(self._pods.values()):
+            if record.gang != key or record.phase in TERMINAL_PHASES:
+                continue
+            if record.node is not None:
+                bound.append(record)
+                continue
+            if record.uid not in unbound:
+                obj = self._pod_objects.get((record.namespace, record.name))
+                if obj is not None:
+                    unbound[record.uid] = parse_demand(obj, self.catalog)
+        for seen in list(self._seen.values()):
+            if seen.gang is not None and seen.gang.key == key and seen.uid not in unbound:
+                known = self._pods.get(seen.uid)
+                if known is None or known.node is None:
+                    unbound[seen.uid] = seen
+        bound_uids = {r.uid for r in bound}
+        return [d for uid, d in unbound.items() if uid not in bound_uids], bound
+
+    def _plan_gang(self, demand: PodDemand, names: Sequence[str]) -> str | None:
+        """Plan the pod's whole group; None on success, else the reason every node fails."""
+        assert demand.gang is not None
+        gang = demand.gang
+        unbound, bound = self._gang_members(demand)
+        if gang.size is None:
+            return (
+                f"gang {gang.key} has no size: set kvsched.io/gang-size (or the "
+                "LeaderWorkerSet size annotation) on its members"
+            )
+        total = len(unbound) + len(bound)
+        if total < gang.size:
+            return f"gang {gang.key}: {total} of {gang.size} members exist; waiting for the rest"
+        if total > gang.size:
+            return f"gang {gang.key}: {total} members exist but kvsched.io/gang-size is {gang.size}"
+        nodes = [self._entries[n].state for n in names if n in self._entries]
+        key = topology_key_for(demand.topology_key, nodes)
+        if bound and key is not None:
+            # Members already running fix the domain: the rest must join them.
+            domains = {
+                (self._entries[r.node].state.labels.get(key) if r.node in self._entries else None)
+                for r in bound
+            }
+            nodes = [n for n in nodes if n.labels.get(key) in domains]
+        members = [GangMember(d.uid, d.name, d) for d in sorted(unbound, key=lambda d: d.name)]
+        result = plan_gang(members, nodes, topology_key=key, config=self.scoring)
+        if isinstance(result, GangFailure):
+            return result.reason
+        expires = self.clock() + dt.timedelta(seconds=self.gang_ttl_s)
+        reserved = [
+            Reserved(
+                p.uid,
+                gang.namespace,
+                p.name,
+                len(p.gpus),
+                GpuReservation(gang.key, p.node, p.gpus, expires),
+            )
+            for p in result.placements
+        ]
+        self._gangs.record(gang.key, reserved)
+        for node in {r.reservation.node for r in reserved}:
+            self._rebuild(node)
+        log.info("gang %s planned: %s", gang.key, result.describe())
+        for r in reserved:
+            try:
+                self.binder.reserve(r.namespace, r.name, r.reservation)
+            except BindError as exc:
+                # Not durable for this member: a restart would forget it, nothing worse.
+                log.warning("gang %s: cannot record reservation on %s: %s", gang.key, r.name, exc)
+        return None
+
+    def _gang_filter(self, demand: PodDemand, names: Sequence[str]) -> FilterResult:
+        assert demand.gang is not None
+        with self._lock:
+            self._expire_gangs()
+            reserved = self._gangs.reservation(demand.uid)
+            if reserved is None:
+                plan = self._gangs.plan(demand.gang.key)
+                if plan is not None:
+                    # A member the plan does not know (a replacement): plan the group again.
+                    self._release_gang(demand.gang.key)
+                reason = self._plan_gang(demand, names)
+                if reason is not None:
+                    return FilterResult([], dict.fromkeys(names, reason), {})
+                reserved = self._gangs.reservation(demand.uid)
+                assert reserved is not None
+            node = reserved.reservation.node
+            elsewhere = f"gang {demand.gang.key}: {demand.name} is planned on {node}"
+            failed = {n: elsewhere for n in names if n != node}
+            if node not in names:
+                failed[node] = f"gang {demand.gang.key}: planned node {node} was not offered"
+            return FilterResult([node] if node in names else [], {}, failed)
+
     def filter(
         self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
     ) -> FilterResult:
+        if demand.gang is not None and demand.error is None and demand.gpus > 0:
+            return self._gang_filter(demand, names)
+        if self._gangs.gangs():
+            with self._lock:
+                self._expire_gangs()
         evaluations = self.evaluations(demand, names, extra)
         passed = [name for name, e in zip(names, evaluations, strict=True) if e.fits]
         if len(passed) == len(names):
@@ -379,6 +546,10 @@ class ClusterStore:
         self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
     ) -> list[int]:
         """Scores only, in the order of `names`: the extender's prioritize, no per-node objects."""
+        if demand.gang is not None and demand.error is None:
+            reserved = self._gangs.reservation(demand.uid)
+            if reserved is not None:
+                return [10 if n == reserved.reservation.node else 0 for n in names]
         evaluations = self.evaluations(demand, names, extra)
         score_of = dict.fromkeys(map(id, evaluations), 0)
         score_of.update((key, s.score) for key, s in score_table(evaluations, self.scoring).items())
@@ -401,6 +572,9 @@ class ClusterStore:
                     )
                 if existing.assignment is not None:
                     return BindResult(existing.assignment, "already bound", already_bound=True)
+            reserved = self._gangs.reservation(uid)
+            if reserved is not None:
+                return self._bind_reserved(reserved, node_name)
             demand = self._seen.get(uid)
             if demand is None:
                 # E.g. filter ran before a restart of ours: the watched pod says the same.
@@ -440,6 +614,38 @@ class ClusterStore:
             self._put_pod(record)
             self._rebuild(node_name)
             return BindResult(assignment, placement, already_bound=False)
+
+    def _bind_reserved(self, reserved: Reserved, node_name: str) -> BindResult:
+        """A gang member binds onto the GPUs its plan reserved (no re-evaluation: the plan
+        already judged them, and they are held for it)."""
+        plan = reserved.reservation
+        if node_name != plan.node:
+            raise BindError(
+                f"gang {plan.gang}: {reserved.name} is planned on {plan.node}, not {node_name}"
+            )
+        entry = self._entries.get(node_name)
+        if entry is None:
+            raise BindError(f"node {node_name} unknown to kvsched")
+        topology = entry.state.topology
+        uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
+        assignment = GpuAssignment(node_name, plan.indices, uuids_for(plan.indices, uuid_by_index))
+        record = PodRecord(
+            uid=reserved.uid,
+            namespace=reserved.namespace,
+            name=reserved.name,
+            node=node_name,
+            gpus=len(plan.indices),
+            assignment=assignment,
+            model=None,
+            phase="Pending",
+            gang=plan.gang,
+        )
+        placement = f"gpus={','.join(map(str, plan.indices))} gang={plan.gang}"
+        self.binder.bind(record, assignment, placement)
+        self._assumed[reserved.uid] = record
+        self._put_pod(record)
+        self._rebuild(node_name)
+        return BindResult(assignment, placement, already_bound=False)
 
     def allocations(self) -> dict[str, GpuAssignment]:
         """Pod ref -> assignment, for every pod holding indexed GPUs."""

@@ -1,0 +1,115 @@
+"""The book of gang plans: which member of which group holds which GPUs, until when.
+
+A plan holds a reservation per unbound member (`GpuReservation`: node, GPU indices, expiry).
+Reserved GPUs count as busy for every other pod (the store adds them to node states as
+records of phase `Reserved`), and a member passes filter only on its own planned node. A
+member's reservation ends when it binds (its own record then holds the GPUs), when the plan
+expires, or when any member of the group is deleted (the group is then planned again).
+
+Durability: in cluster mode the store writes each reservation on its member pod
+(`kvsched.io/reservation`), so a restarted extender finds the plans again in the pods it lists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from scheduler.core.assignment import GpuAssignment, GpuReservation
+from scheduler.state.objects import PodRecord
+
+RESERVED_PHASE = "Reserved"
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """A member's reservation and who the member is (for records and messages)."""
+
+    uid: str
+    namespace: str
+    name: str
+    gpus: int
+    reservation: GpuReservation
+
+    def record(self) -> PodRecord:
+        """The reservation as a pod record holding the GPUs on its node."""
+        node = self.reservation.node
+        return PodRecord(
+            uid=self.uid,
+            namespace=self.namespace,
+            name=self.name,
+            node=node,
+            gpus=len(self.reservation.indices),
+            assignment=GpuAssignment(node, self.reservation.indices),
+            model=None,
+            phase=RESERVED_PHASE,
+            gang=self.reservation.gang,
+        )
+
+
+class GangBook:
+    def __init__(self, clock: Callable[[], dt.datetime]) -> None:
+        self.clock = clock
+        self._plans: dict[str, dict[str, Reserved]] = {}
+        self._gang_of: dict[str, str] = {}
+
+    def reservation(self, uid: str) -> Reserved | None:
+        gang = self._gang_of.get(uid)
+        return self._plans[gang].get(uid) if gang is not None else None
+
+    def plan(self, gang: str) -> dict[str, Reserved] | None:
+        return self._plans.get(gang)
+
+    def expired(self) -> list[str]:
+        """Gangs with a reservation past its expiry."""
+        moment = self.clock()
+        return [
+            gang
+            for gang, members in self._plans.items()
+            if any(r.reservation.expires <= moment for r in members.values())
+        ]
+
+    def record(self, gang: str, members: Iterable[Reserved]) -> None:
+        self.release(gang)
+        plan = {r.uid: r for r in members}
+        if plan:
+            self._plans[gang] = plan
+            self._gang_of.update(dict.fromkeys(plan, gang))
+
+    def restore(self, reserved: Reserved) -> None:
+        """A reservation found on a listed pod (after a restart)."""
+        gang = reserved.reservation.gang
+        self._plans.setdefault(gang, {})[reserved.uid] = reserved
+        self._gang_of[reserved.uid] = gang
+
+    def settle(self, uid: str) -> Reserved | None:
+        """The member bound: its reservation is no longer needed."""
+        gang = self._gang_of.pop(uid, None)
+        if gang is None:
+            return None
+        reserved = self._plans[gang].pop(uid, None)
+        if not self._plans[gang]:
+            del self._plans[gang]
+        return reserved
+
+    def release(self, gang: str) -> list[Reserved]:
+        """Drop a whole plan; returns what was reserved (the nodes to rebuild)."""
+        members = self._plans.pop(gang, {})
+        for uid in members:
+            self._gang_of.pop(uid, None)
+        return list(members.values())
+
+    def gang_of(self, uid: str) -> str | None:
+        return self._gang_of.get(uid)
+
+    def records_on(self, node: str) -> list[PodRecord]:
+        return [
+            r.record()
+            for members in self._plans.values()
+            for r in members.values()
+            if r.reservation.node == node
+        ]
+
+    def gangs(self) -> list[str]:
+        return list(self._plans)

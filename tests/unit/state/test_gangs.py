@@ -1,0 +1,201 @@
+"""Gang placement through the store: plans, reservations, all-or-nothing, lifecycle."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from support.k8s import gpu_node, pod
+
+from scheduler.core.assignment import GpuReservation
+from scheduler.models.catalog import Catalog
+from scheduler.state.store import ClusterStore
+
+LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
+T0 = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def zone_node(name: str, zone: str, gpus: int = 8) -> dict[str, Any]:
+    return gpu_node(name, gpus=gpus, labels={"topology.kubernetes.io/zone": zone})
+
+
+def member(
+    name: str, gang: str = "g", size: int = 4, gpus: int = 8, **extra: str
+) -> dict[str, Any]:
+    annotations = {
+        "kvsched.io/model": LLAMA_70B,
+        "kvsched.io/max-model-len": "8192",
+        "kvsched.io/gang": gang,
+        "kvsched.io/gang-size": str(size),
+        **extra,
+    }
+    return pod(name, gpus=gpus, annotations=annotations)
+
+
+def store_with(
+    nodes: list[dict[str, Any]], pods: list[dict[str, Any]], clock: Clock | None = None
+) -> ClusterStore:
+    store = ClusterStore(Catalog.builtin(), clock=clock or Clock(), gang_ttl_s=120)
+    store.replace_kind("Node", nodes)
+    for p in pods:
+        store.upsert_pod(p)
+    store.synced = True
+    return store
+
+
+def schedule(store: ClusterStore, p: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    names = store.node_names()
+    result = store.filter(store.demand(p), names)
+    return result.passed, {**result.failed, **result.unresolvable}
+
+
+ZONES = [
+    zone_node("a1", "a"),
+    zone_node("a2", "a"),
+    zone_node("a3", "a"),
+    zone_node("b1", "b"),
+    zone_node("b2", "b"),
+    zone_node("b3", "b"),
+    zone_node("b4", "b"),
+]
+
+
+def test_group_is_planned_whole_inside_one_zone_and_binds_as_planned() -> None:
+    members = [member(f"m{i}") for i in range(4)]
+    store = store_with(ZONES, members)
+    placed: dict[str, str] = {}
+    for m in members:
+        passed, failed = schedule(store, m)
+        assert len(passed) == 1, failed
+        placed[m["metadata"]["name"]] = passed[0]
+        assert all("planned on" in reason for reason in failed.values())
+    # Only zone b has four free 8-GPU nodes.
+    assert {node[0] for node in placed.values()} == {"b"}
+    assert len(set(placed.values())) == 4
+    for m in members:
+        meta = m["metadata"]
+        result = store.bind(meta["namespace"], meta["name"], meta["uid"], placed[meta["name"]])
+        assert result.assignment.indices == tuple(range(8))
+    assert all(not store.node(n).free_gpus for n in ("b1", "b2", "b3", "b4"))  # type: ignore[union-attr]
+
+
+def test_reserved_gpus_are_not_offered_to_other_pods() -> None:
+    members = [member(f"m{i}") for i in range(4)]
+    store = store_with(ZONES, members)
+    schedule(store, members[0])  # plans all four
+    loner = pod("loner", gpus=8, annotations={"kvsched.io/model": LLAMA_70B})
+    passed, failed = schedule(store, loner)
+    assert set(passed) == {"a1", "a2", "a3"}
+    assert all("0 of 8 GPUs free" in failed[n] for n in ("b1", "b2", "b3", "b4"))
+
+
+def test_two_contending_groups_one_whole_one_waiting_whole() -> None:
+    nodes = [zone_node(f"n{i}", "a") for i in range(4)]
+    first = [member(f"f{i}", gang="first", size=3) for i in range(3)]
+    second = [member(f"s{i}", gang="second", size=3) for i in range(3)]
+    store = store_with(nodes, first + second)
+    for m in first:
+        passed, _ = schedule(store, m)
+        assert len(passed) == 1
+    for m in second:
+        passed, failed = schedule(store, m)
+        assert passed == []
+        reasons = set(failed.values())
+        assert len(reasons) == 1
+        (reason,) = reasons
+        assert "gang llm/second" in reason and "3" in reason
+
+
+def test_group_waits_until_every_member_exists() -> None:
+    store = store_with(ZONES, [member("m0"), member("m1")])
+    passed, failed = schedule(store, member("m0"))
+    assert passed == []
+    assert set(failed.values()) == {"gang llm/g: 2 of 4 members exist; waiting for the rest"}
+
+
+def test_deleting_a_member_releases_the_plan_and_the_group_is_planned_again() -> None:
+    members = [member(f"m{i}") for i in range(4)]
+    store = store_with(ZONES, members)
+    schedule(store, members[0])
+    store.delete_pod(members[3]["metadata"]["uid"])
+    # Released: the reserved GPUs are free again, and three members cannot form the group.
+    assert all(len(store.node(n).free_gpus) == 8 for n in store.node_names())  # type: ignore[union-attr]
+    passed, failed = schedule(store, members[0])
+    assert passed == [] and "3 of 4 members exist" in next(iter(failed.values()))
+    replacement = member("m4")
+    store.upsert_pod(replacement)
+    passed, _ = schedule(store, replacement)
+    assert len(passed) == 1
+
+
+def test_plan_expires_and_frees_its_gpus() -> None:
+    clock = Clock()
+    members = [member(f"m{i}") for i in range(4)]
+    store = store_with(ZONES, members, clock)
+    schedule(store, members[0])
+    loner = pod("loner", gpus=8)
+    assert len(schedule(store, loner)[0]) == 3
+    clock.now = T0 + dt.timedelta(seconds=121)
+    assert len(schedule(store, loner)[0]) == 7
+
+
+def test_reservations_are_rebuilt_from_annotated_pods_after_a_restart() -> None:
+    members = [member(f"m{i}") for i in range(4)]
+    first = store_with(ZONES, members)
+    schedule(first, members[0])
+    annotated = []
+    for m in members:
+        reserved = first._gangs.reservation(m["metadata"]["uid"])
+        assert reserved is not None
+        copy = {
+            **m,
+            "metadata": {
+                **m["metadata"],
+                "annotations": {
+                    **m["metadata"]["annotations"],
+                    "kvsched.io/reservation": reserved.reservation.encode(),
+                },
+            },
+        }
+        annotated.append(copy)
+    second = store_with(ZONES, annotated)
+    for m, original in zip(annotated, members, strict=True):
+        passed, _ = schedule(second, m)
+        expected = first._gangs.reservation(original["metadata"]["uid"])
+        assert expected is not None and passed == [expected.reservation.node]
+
+
+def test_leaderworkerset_labels_form_a_group_without_kvsched_annotations() -> None:
+    def lws_pod(name: str, gpus: int) -> dict[str, Any]:
+        return pod(
+            name,
+            gpus=gpus,
+            labels={
+                "leaderworkerset.sigs.k8s.io/group-key": "abc123",
+                "leaderworkerset.sigs.k8s.io/name": "llama",
+            },
+            annotations={
+                "leaderworkerset.sigs.k8s.io/size": "3",
+                "kvsched.io/model": LLAMA_70B,
+                "kvsched.io/max-model-len": "8192",
+            },
+        )
+
+    group = [lws_pod("leader", 4), lws_pod("w1", 8), lws_pod("w2", 8)]
+    store = store_with(ZONES, group)
+    nodes = {schedule(store, p)[0][0] for p in group}
+    zones = {n[0] for n in nodes}
+    assert len(zones) == 1
+
+
+def test_reservation_annotation_round_trip() -> None:
+    reservation = GpuReservation("llm/g", "n1", (0, 1), T0)
+    assert GpuReservation.decode(reservation.encode()) == reservation
