@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from cachetools import LRUCache
 
 from scheduler.core.assignment import GpuAssignment, GpuReservation, uuids_for
-from scheduler.core.gang import GangFailure, GangMember, plan_gang, topology_key_for
 from scheduler.core.demand import PodDemand, parse_demand
+from scheduler.core.gang import GangFailure, GangMember, plan_gang, topology_key_for
 from scheduler.core.node import NodeState
 from scheduler.core.placement import (
     DEFAULT_SCORING,
@@ -33,7 +33,9 @@ from scheduler.core.placement import (
     evaluate,
 )
 from scheduler.core.scoring import ScoredNode, relative_scores, score_table
+from scheduler.inventory.status import now
 from scheduler.models.catalog import Catalog
+from scheduler.state.gangs import GangBook, Reserved
 from scheduler.state.objects import (
     TERMINAL_PHASES,
     PodRecord,
@@ -41,8 +43,6 @@ from scheduler.state.objects import (
     object_name,
     pod_record,
 )
-from scheduler.inventory.status import now
-from scheduler.state.gangs import GangBook, Reserved
 from scheduler.state.offline import ClusterObjects
 
 log = logging.getLogger(__name__)
