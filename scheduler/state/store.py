@@ -244,6 +244,8 @@ class ClusterStore:
     def delete_pod(self, uid: str) -> None:
         with self._lock:
             self._assumed.pop(uid, None)
+            # A deleted pod must not come back as a gang member through the filter's memory.
+            self._seen.pop(uid, None)
             gang = self._gangs.gang_of(uid) or (self._pods[uid].gang if uid in self._pods else None)
             if gang is not None and self._gangs.plan(gang) is not None:
                 log.info("gang %s: member %s deleted; releasing its plan", gang, uid)

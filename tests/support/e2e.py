@@ -345,11 +345,22 @@ class Cluster:
         *,
         gpus: int = 1,
         annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
         scheduler: str = "kvsched",
+        gated: bool = False,
     ) -> str:
+        """A pending pod for `scheduler`; `gated` holds it back with a scheduling gate (see
+        `ungate`), so that it exists (a gang member the planner counts) but is not scheduled."""
         container: dict[str, Any] = {"name": "main", "image": "vllm/vllm-openai:v0.11.0"}
         if gpus:
             container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
+        spec: dict[str, Any] = {
+            "schedulerName": scheduler,
+            "nodeSelector": {"e2e-test": self.test_id},
+            "containers": [container],
+        }
+        if gated:
+            spec["schedulingGates"] = [{"name": "kvsched.io/e2e-hold"}]
         self.cp.request(
             "POST",
             f"/api/v1/namespaces/{NAMESPACE}/pods",
@@ -359,17 +370,24 @@ class Cluster:
                 "metadata": {
                     "name": name,
                     "annotations": dict(annotations or {}),
-                    "labels": {"e2e-test": self.test_id},
+                    "labels": {"e2e-test": self.test_id, **(labels or {})},
                 },
-                "spec": {
-                    "schedulerName": scheduler,
-                    "nodeSelector": {"e2e-test": self.test_id},
-                    "containers": [container],
-                },
+                "spec": spec,
             },
         )
         self.pods.append(name)
         return name
+
+    def ungate(self, name: str) -> None:
+        self.cp.request(
+            "PATCH",
+            f"/api/v1/namespaces/{NAMESPACE}/pods/{name}",
+            {"spec": {"schedulingGates": None}},
+            content_type="application/merge-patch+json",
+        )
+
+    def bound_nodes(self, names: list[str]) -> dict[str, str | None]:
+        return {n: self.get_pod(n)["spec"].get("nodeName") for n in names}
 
     def get_pod(self, name: str) -> dict[str, Any]:
         pod: dict[str, Any] = self.cp.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}")

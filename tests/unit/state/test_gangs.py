@@ -199,3 +199,17 @@ def test_leaderworkerset_labels_form_a_group_without_kvsched_annotations() -> No
 def test_reservation_annotation_round_trip() -> None:
     reservation = GpuReservation("llm/g", "n1", (0, 1), T0)
     assert GpuReservation.decode(reservation.encode()) == reservation
+
+
+def test_deleted_members_do_not_count_for_a_new_group_of_the_same_name() -> None:
+    old = [member(f"old{i}", size=2) for i in range(2)]
+    store = store_with(ZONES, old)
+    for m in old:
+        schedule(store, m)
+    for m in old:
+        store.delete_pod(m["metadata"]["uid"])
+    new = [member(f"new{i}", size=2) for i in range(2)]
+    for m in new:
+        store.upsert_pod(m)
+    passed, failed = schedule(store, new[0])
+    assert len(passed) == 1, failed
