@@ -58,7 +58,8 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="TERM=W",
-        help="weight of a score term: ready, gpu_set, right_size, fragmentation (repeatable)",
+        help="weight of a score term: ready, gpu_set, right_size, fragmentation; or kv_peer, "
+        "the share of the score given to KV-transfer locality, 0..1 (repeatable)",
     )
     parser.add_argument("--engine-init-seconds", type=float, default=None)
     parser.add_argument("--log-level", default="info")
@@ -71,7 +72,7 @@ def scoring_from_args(weights: list[str], engine_init: float | None) -> ScoringC
     values: dict[str, float] = {}
     for item in weights:
         term, _, raw = item.partition("=")
-        if term not in ("ready", "gpu_set", "right_size", "fragmentation"):
+        if term not in ("ready", "gpu_set", "right_size", "fragmentation", "kv_peer"):
             raise ValueError(f"--score-weight {item!r}: unknown term {term!r}")
         try:
             values[f"{term}_weight"] = float(raw)

@@ -36,6 +36,10 @@ class ScoringConfig:
     # Seconds from container start to serving, besides loading weights (CUDA context, graph
     # capture, KV allocation); vLLM takes tens of seconds for this on large models.
     engine_init_seconds: float = 30.0
+    # Share of the final score given to KV-transfer locality for decode pods whose prefill
+    # peers (kvsched.io/kv-peer) are running: 0.3 lets a peer's node or NVLink domain beat a
+    # slightly better node elsewhere, but not a node that is much faster to get ready.
+    kv_peer_weight: float = 0.3
 
     def __post_init__(self) -> None:
         weights = (
@@ -48,6 +52,8 @@ class ScoringConfig:
             raise ValueError("score weights must be >= 0 and not all zero")
         if self.engine_init_seconds < 0:
             raise ValueError("engine_init_seconds must be >= 0")
+        if not 0.0 <= self.kv_peer_weight <= 1.0:
+            raise ValueError("kv_peer_weight must be in [0, 1]")
 
 
 DEFAULT_SCORING = ScoringConfig()

@@ -16,7 +16,7 @@ others keep their proportion to it; scores are ints, as the extender API demands
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from scheduler.core.placement import DEFAULT_SCORING, NodeEvaluation, ScoringConfig
@@ -112,3 +112,12 @@ def relative_scores(
         found = table.get(id(evaluation), NO_SCORE)
         scored.append(ScoredNode(name, found.score, found.raw, found.terms))
     return scored
+
+
+def blend_locality(scores: Sequence[int], terms: Sequence[float], weight: float) -> list[int]:
+    """Mix KV-transfer locality terms ([0, 1] per node) into integer scores 0..10: the score
+    keeps (1 - weight) of its value and locality adds weight x 10 x term."""
+    return [
+        max(0, min(MAX_SCORE, math.floor((1 - weight) * s + weight * MAX_SCORE * t + 0.5)))
+        for s, t in zip(scores, terms, strict=True)
+    ]

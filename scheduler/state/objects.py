@@ -16,6 +16,7 @@ from scheduler.core.demand import (
     A_ASSIGNED_GPUS,
     A_MODEL,
     A_RESERVATION,
+    A_ROLE,
     DemandError,
     gang_of,
     gpu_request,
@@ -49,6 +50,7 @@ class PodRecord:
     model: str | None
     phase: str
     gang: str | None = None  # "namespace/name" of its all-or-nothing group
+    role: str | None = None  # kvsched.io/role: prefill or decode
     reservation: GpuReservation | None = None  # GPUs a gang plan holds for it (unbound)
 
     @property
@@ -108,6 +110,7 @@ def pod_record(pod: Mapping[str, Any]) -> PodRecord:
         phase=str(status.get("phase") or "Pending"),
         gang=gang.key if gang is not None else None,
         reservation=reservation,
+        role=role if isinstance(role := annotations.get(A_ROLE), str) else None,
     )
 
 

@@ -23,7 +23,16 @@ from cachetools import LRUCache
 
 from scheduler.core.assignment import GpuAssignment, GpuReservation, uuids_for
 from scheduler.core.demand import PodDemand, parse_demand
-from scheduler.core.gang import GangFailure, GangMember, plan_gang, topology_key_for
+from scheduler.core.gang import (
+    DEFAULT_TOPOLOGY_KEYS,
+    NVLINK_DOMAIN_LABEL,
+    GangFailure,
+    GangMember,
+    kv_peer_distance,
+    kv_peer_term,
+    plan_gang,
+    topology_key_for,
+)
 from scheduler.core.node import NodeState
 from scheduler.core.placement import (
     DEFAULT_SCORING,
@@ -32,7 +41,7 @@ from scheduler.core.placement import (
     demand_rejection,
     evaluate,
 )
-from scheduler.core.scoring import ScoredNode, relative_scores, score_table
+from scheduler.core.scoring import ScoredNode, blend_locality, relative_scores, score_table
 from scheduler.inventory.status import now
 from scheduler.models.catalog import Catalog
 from scheduler.state.gangs import GangBook, Reserved
@@ -555,7 +564,48 @@ class ClusterStore:
         evaluations = self.evaluations(demand, names, extra)
         score_of = dict.fromkeys(map(id, evaluations), 0)
         score_of.update((key, s.score) for key, s in score_table(evaluations, self.scoring).items())
-        return list(map(score_of.__getitem__, map(id, evaluations)))
+        scores = list(map(score_of.__getitem__, map(id, evaluations)))
+        terms = self.kv_peer_terms(demand, names)
+        if terms is None:
+            return scores
+        fits = [e.fits for e in evaluations]
+        blended = blend_locality(scores, terms, self.scoring.kv_peer_weight)
+        return [b if ok else 0 for b, ok in zip(blended, fits, strict=True)]
+
+    def kv_peer_terms(self, demand: PodDemand, names: Sequence[str]) -> list[float] | None:
+        """KV-transfer locality per node for a decode pod whose prefill peers run somewhere
+        (pods with kvsched.io/role=prefill whose group or model is the pod's kv-peer); None
+        when that does not apply."""
+        if demand.role != "decode" or not demand.kv_peer:
+            return None
+        peer = demand.kv_peer.strip().lower()
+        peer_gang = f"{demand.namespace}/{demand.kv_peer.strip()}"
+        peer_nodes = [
+            self._entries[r.node].state
+            for r in list(self._pods.values())
+            if r.role == "prefill"
+            and r.node in self._entries
+            and r.phase not in TERMINAL_PHASES
+            and (r.gang == peer_gang or (r.model or "").lower() == peer)
+        ]
+        if not peer_nodes:
+            return None
+        states = [self._entries[n].state for n in names if n in self._entries]
+        # The NVLink domain is distance 1 already; "same rack" is the next wider key.
+        key = demand.topology_key or next(
+            (
+                k
+                for k in DEFAULT_TOPOLOGY_KEYS
+                if k != NVLINK_DOMAIN_LABEL and any(k in state.labels for state in states)
+            ),
+            None,
+        )
+        return [
+            kv_peer_term(kv_peer_distance(self._entries[n].state, peer_nodes, key))
+            if n in self._entries
+            else 0.0
+            for n in names
+        ]
 
     # ---- bind ----------------------------------------------------------------------------
 
@@ -670,6 +720,13 @@ class ClusterStore:
         pairs = list(zip(names, self.evaluations(demand, names, extra), strict=True))
         scores = {s.node: s for s in relative_scores(pairs, self.scoring)}
         rows = [explain_row(name, evaluation, scores[name]) for name, evaluation in pairs]
+        terms = self.kv_peer_terms(demand, names)
+        if terms is not None:
+            blended = blend_locality([r["score"] for r in rows], terms, self.scoring.kv_peer_weight)
+            for row, term, score in zip(rows, terms, blended, strict=True):
+                row["terms"]["kv_peer"] = round(term, 4)
+                if row["fits"]:
+                    row["score"] = score
         rows.sort(key=lambda r: (not r["fits"], -r["score"], -r["raw"], r["node"]))
         return rows
 

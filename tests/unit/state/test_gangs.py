@@ -213,3 +213,43 @@ def test_deleted_members_do_not_count_for_a_new_group_of_the_same_name() -> None
         store.upsert_pod(m)
     passed, failed = schedule(store, new[0])
     assert len(passed) == 1, failed
+
+
+def test_decode_pods_score_higher_near_their_prefill_peers() -> None:
+    nodes = [
+        gpu_node(
+            "same", labels={"topology.kubernetes.io/zone": "a", "nvidia.com/gpu.clique": "c1"}
+        ),
+        gpu_node(
+            "clique", labels={"topology.kubernetes.io/zone": "a", "nvidia.com/gpu.clique": "c1"}
+        ),
+        gpu_node(
+            "zone", labels={"topology.kubernetes.io/zone": "a", "nvidia.com/gpu.clique": "c2"}
+        ),
+        gpu_node("far", labels={"topology.kubernetes.io/zone": "b", "nvidia.com/gpu.clique": "c3"}),
+    ]
+    prefill = pod(
+        "prefill",
+        gpus=4,
+        node="same",
+        phase="Running",
+        annotations={
+            "kvsched.io/role": "prefill",
+            "kvsched.io/gang": "pf",
+            "kvsched.io/gang-size": "1",
+        },
+    )
+    store = store_with(nodes, [prefill])
+    decode = pod(
+        "decode", gpus=4, annotations={"kvsched.io/role": "decode", "kvsched.io/kv-peer": "pf"}
+    )
+    names = ["same", "clique", "zone", "far"]
+    scores = dict(zip(names, store.prioritize_scores(store.demand(decode), names), strict=True))
+    assert scores["same"] > scores["clique"] > scores["zone"] > scores["far"], scores
+    rows = {r["node"]: r for r in store.explain(store.demand(decode), names)}
+    assert rows["same"]["terms"]["kv_peer"] == 1.0 and rows["far"]["terms"]["kv_peer"] == 0.0
+    # Without peers running, locality plays no part.
+    lone = pod(
+        "decode2", gpus=4, annotations={"kvsched.io/role": "decode", "kvsched.io/kv-peer": "nobody"}
+    )
+    assert len(set(store.prioritize_scores(store.demand(lone), ["clique", "zone", "far"]))) == 1
