@@ -18,11 +18,10 @@ import gc
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scheduler.demo.run import free_port  # noqa: E402
+from scheduler.demo.run import extender_command, free_port, running_server  # noqa: E402
 from scheduler.demo.synthetic import bench_pod, synthetic_cluster  # noqa: E402
 from scheduler.extender.wire import host_priorities  # noqa: E402
 from scheduler.models.catalog import Catalog  # noqa: E402
@@ -57,30 +56,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
-
-
-@contextlib.contextmanager
-def server(command: list[str], port: int) -> Iterator[str]:
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:4]} exited with {process.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[:4]} not ready after 120 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def timed_pair(client: httpx.Client, filter_body: bytes, pod: Any) -> tuple[float, float]:
@@ -134,29 +109,18 @@ def run_size(nodes: int, iterations: int, warmup: int) -> dict[str, Any]:
         filter_body = orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names})
 
         kv_port, floor_port = free_port(), free_port()
-        kvsched = [
-            sys.executable,
-            "-m",
-            "scheduler.cli",
-            "extender",
-            "--cluster-file",
-            str(cluster_file),
-            "--port",
-            str(kv_port),
-            "--log-level",
-            "warning",
-        ]
+        kvsched = extender_command(cluster_file, kv_port)
         floor = [
             sys.executable,
-            "hack/floor_extender.py",
+            str(ROOT / "hack/floor_extender.py"),
             "--port",
             str(floor_port),
             "--nodes-file",
             str(names_file),
         ]
         with (
-            server(kvsched, kv_port) as kv_url,
-            server(floor, floor_port) as floor_url,
+            running_server(kvsched, kv_port, 120) as kv_url,
+            running_server(floor, floor_port, 120) as floor_url,
             httpx.Client(base_url=kv_url, timeout=30) as kv,
             httpx.Client(base_url=floor_url, timeout=30) as fl,
         ):

@@ -64,9 +64,37 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_extender(cluster_file: Path, port: int) -> Iterator[str]:
-    """Run `kvsched extender` as its own process, as it runs beside kube-scheduler."""
-    command = [
+def running_server(
+    command: list[str], port: int, timeout_s: float = READY_TIMEOUT_S
+) -> Iterator[str]:
+    """Run an HTTP server process (the extender, or the benchmark's floor) until the block
+    ends; yields its URL once GET /readyz answers 200."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{' '.join(command[:5])} exited with {process.returncode}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(command[:5])} not ready after {timeout_s:.0f}s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def extender_command(cluster_file: Path, port: int) -> list[str]:
+    """`kvsched extender` on a cluster file, as its own process, as it runs beside
+    kube-scheduler."""
+    return [
         sys.executable,
         "-m",
         "scheduler.cli",
@@ -78,28 +106,6 @@ def running_extender(cluster_file: Path, port: int) -> Iterator[str]:
         "--log-level",
         "warning",
     ]
-    process = subprocess.Popen(command)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"extender exited with code {process.returncode}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"extender not ready after {READY_TIMEOUT_S:.0f}s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 class SchedulerEmulator:
@@ -266,8 +272,9 @@ def run_demo(dump: Path | None = None) -> str:
         folder = dump if dump is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         cluster_file = write_cluster(folder)
+        port = free_port()
         with (
-            running_extender(cluster_file, free_port()) as url,
+            running_server(extender_command(cluster_file, port), port) as url,
             httpx.Client(base_url=url, timeout=10.0) as client,
         ):
             emulator = SchedulerEmulator(client, objects)

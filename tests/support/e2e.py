@@ -46,7 +46,28 @@ def wait_until(
         time.sleep(interval)
 
 
-class Extender:
+class ChildProcess:
+    """A kvsched process the tests start and stop."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL: a crash), then wait; SIGKILL if it does not go."""
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+
+class Extender(ChildProcess):
     """`kvsched extender` in cluster mode as a child process; restartable."""
 
     def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
@@ -91,20 +112,6 @@ class Extender:
         except OSError:
             return False
 
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.process = None
-
     def restart(self) -> None:
         self.stop(kill=True)
         self.start()
@@ -128,7 +135,7 @@ class Extender:
         return total
 
 
-class ControllerProcess:
+class ControllerProcess(ChildProcess):
     """`kvsched controller` as a child process, with its own metrics port and identity."""
 
     def __init__(self, kubeconfig: Path, log_dir: Path, identity: str, **flags: str) -> None:
@@ -185,20 +192,6 @@ class ControllerProcess:
 
     def leading(self) -> bool:
         return self.metric("kvsched_controller_leader") == 1.0
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.process = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
