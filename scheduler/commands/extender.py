@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
+import ssl
 from typing import Any
 
 import uvicorn
@@ -62,6 +64,17 @@ def register(subparsers: Any) -> None:
         "the share of the score given to KV-transfer locality, 0..1 (repeatable)",
     )
     parser.add_argument("--engine-init-seconds", type=float, default=None)
+    tls = parser.add_argument_group(
+        "TLS", "serve HTTPS (kube-scheduler: enableHTTPS + tlsConfig in the extender config)"
+    )
+    tls.add_argument("--tls-cert-file", metavar="PEM", help="serving certificate (chain)")
+    tls.add_argument("--tls-key-file", metavar="PEM", help="private key of the certificate")
+    tls.add_argument(
+        "--tls-client-ca-file",
+        metavar="PEM",
+        help="require client certificates signed by this CA (so that only the scheduler, "
+        "holding such a certificate, can call the extender)",
+    )
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", choices=("json", "text"), default="json")
     add_catalog_argument(parser)
@@ -83,9 +96,31 @@ def scoring_from_args(weights: list[str], engine_init: float | None) -> ScoringC
     return ScoringConfig(**values)
 
 
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn's TLS settings; ValueError for an incomplete or unreadable set."""
+    if args.tls_cert_file is None and args.tls_key_file is None:
+        if args.tls_client_ca_file is not None:
+            raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+        return {}
+    if args.tls_cert_file is None or args.tls_key_file is None:
+        raise ValueError("TLS needs both --tls-cert-file and --tls-key-file")
+    for path in (args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ValueError(f"cannot read {path}")
+    options: dict[str, Any] = {
+        "ssl_certfile": args.tls_cert_file,
+        "ssl_keyfile": args.tls_key_file,
+    }
+    if args.tls_client_ca_file is not None:
+        options["ssl_ca_certs"] = args.tls_client_ca_file
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
+        tls_options(args)
         scoring = scoring_from_args(args.score_weight, args.engine_init_seconds)
         catalog = load_catalog(args.catalog)
     except (ValueError, OSError) as exc:
@@ -114,5 +149,12 @@ def run(args: argparse.Namespace) -> int:
             api, store, SyncSettings(watch_timeout_s=args.watch_timeout_seconds), metrics
         )
     app = create_app(store, AppSettings(max_body_bytes=args.max_body_bytes), metrics, background)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        **tls_options(args),
+    )
     return 0
