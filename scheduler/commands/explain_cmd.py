@@ -1,4 +1,4 @@
-"""`kvsched explain`: the per-node breakdown for a pod, offline, from a cluster file."""
+"""`kvsched explain`: the per-node breakdown for a pod, from a live cluster or a cluster file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 from scheduler.commands.common import add_catalog_argument, fail, load_catalog
 from scheduler.core.demand import parse_demand
-from scheduler.state.offline import ClusterFileError, load_cluster
+from scheduler.state.kube import KubeApi, KubeError, NotFoundError
+from scheduler.state.offline import ClusterFileError, ClusterObjects, load_cluster
 from scheduler.state.store import ClusterStore
 
 
@@ -16,15 +17,22 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "explain",
         help="show every score term and rejection reason per node for one pod",
-        description="Evaluate a pod against every node of a cluster file and print, per node, "
-        "whether it fits (and why not), the score terms and the chosen GPUs.",
+        description="Evaluate a pod against every node and print, per node, whether it fits "
+        "(and why not), the score terms and the chosen GPUs. The cluster is read from the API "
+        "server (kubeconfig) unless --cluster-file is given.",
     )
-    parser.add_argument("--cluster-file", required=True, metavar="PATH")
+    parser.add_argument(
+        "pod_ref",
+        nargs="?",
+        metavar="NAMESPACE/POD",
+        help="the pod to explain (in the cluster, or in the cluster file)",
+    )
+    parser.add_argument("--cluster-file", metavar="PATH", help="offline: read this file instead")
+    parser.add_argument("--kubeconfig", metavar="PATH")
     parser.add_argument(
         "--pod",
-        required=True,
         metavar="REF",
-        help="NAMESPACE/NAME of a pod in the cluster file, or a file holding one Pod",
+        help="NAMESPACE/NAME, or a file holding one Pod (e.g. one not created yet)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     add_catalog_argument(parser)
@@ -32,16 +40,26 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    ref = args.pod or args.pod_ref
+    if not ref:
+        return fail("name the pod: kvsched explain NAMESPACE/POD (or --pod FILE)")
     try:
         catalog = load_catalog(args.catalog)
-        objects = load_cluster(args.cluster_file)
-    except (ValueError, OSError, ClusterFileError) as exc:
+        objects = (
+            load_cluster(args.cluster_file)
+            if args.cluster_file is not None
+            else list_cluster(KubeApi.connect(args.kubeconfig))
+        )
+    except (ValueError, OSError, ClusterFileError, KubeError) as exc:
         return fail(str(exc))
+    except Exception as exc:  # the client raises several unrelated types for bad configs
+        return fail(f"cannot read the cluster: {exc}")
     store = ClusterStore(catalog)
     store.load(objects)
-    pod = _find_pod(store, args.pod)
+    pod = _find_pod(store, ref)
     if pod is None:
-        return fail(f"pod {args.pod!r} is neither NAMESPACE/NAME in the cluster file nor a file")
+        where = "the cluster file" if args.cluster_file else "the cluster"
+        return fail(f"pod {ref!r} is neither NAMESPACE/NAME in {where} nor a file")
     demand = parse_demand(pod, catalog)
     rows = store.explain(demand)
     if args.json:
@@ -62,6 +80,18 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"  {row['node']:<12} no: {row['reason']}")
     return 0
+
+
+def list_cluster(api: KubeApi) -> ClusterObjects:
+    """One consistent-enough snapshot of the cluster: Nodes, NodeInventories (if served), Pods."""
+    objects = ClusterObjects()
+    objects.nodes = api.list("Node").items
+    objects.pods = api.list("Pod").items
+    try:
+        objects.inventories = api.list("NodeInventory").items
+    except NotFoundError:
+        objects.inventories = []
+    return objects
 
 
 def _find_pod(store: ClusterStore, ref: str) -> dict[str, Any] | None:

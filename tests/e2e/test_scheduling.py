@@ -4,9 +4,11 @@ pods through the kvsched extender (cluster mode) on a real kube-apiserver."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from support.controlplane import ApiError, ControlPlane
+from support.controlplane import REPO_ROOT, ApiError, ControlPlane
 from support.e2e import INVENTORY_PATH, Cluster, Extender, kubectl
 
 from topology.presets import PRESETS
@@ -172,3 +174,35 @@ def test_every_manifest_applies_server_side(control_plane: ControlPlane) -> None
         "manifests/examples/leaderworkerset.yaml",
     )
     assert 'no matches for kind "LeaderWorkerSet"' in lws.stderr
+
+
+def test_explain_a_pod_of_the_live_cluster(cluster: Cluster) -> None:
+    small = cluster.node("l40s", product="NVIDIA-L40S", memory_mib=46068)
+    big = cluster.node("h100")
+    cluster.pod(
+        "explained",
+        gpus=1,
+        annotations={"kvsched.io/model": LLAMA_70B, "kvsched.io/max-model-len": "8192"},
+        scheduler="not-running-scheduler",
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scheduler.cli",
+            "explain",
+            "e2e/explained",
+            "--kubeconfig",
+            str(cluster.cp.kubeconfig),
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {row["node"]: row for row in json.loads(result.stdout)["nodes"]}
+    assert not rows[small]["fits"] and "L40S" in rows[small]["reason"]
+    assert not rows[big]["fits"] and "H100" in rows[big]["reason"]
