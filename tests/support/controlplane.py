@@ -348,6 +348,7 @@ class ControlPlane:
         *,
         content_type: str = "application/json",
         timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """One API call with the admin token; returns the decoded JSON (or text) answer.
 
@@ -362,6 +363,7 @@ class ControlPlane:
                 "Authorization": f"Bearer {self.token}",
                 "Accept": "application/json",
                 **({"Content-Type": content_type} if data is not None else {}),
+                **(headers or {}),
             },
         )
         try:
