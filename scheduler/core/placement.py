@@ -87,6 +87,9 @@ class NodeEvaluation:
     memory: GpuFit | None = None
     right_size: float = 0.0
     fragmentation_after: float = 0.0
+    # Why it failed, as a short fixed word (metrics label): pod-spec, no-gpus, gpu-count,
+    # gpu-memory, gpu-memory-unknown, free-gpus, unknown-node, gang; "" when it fits.
+    rejection: str = ""
 
     @property
     def set_label(self) -> str:
@@ -121,7 +124,7 @@ class NodeEvaluation:
 def demand_rejection(demand: PodDemand) -> NodeEvaluation | None:
     """The verdict for every node, known or not, when the pod itself is broken."""
     if demand.error is not None:
-        return NodeEvaluation(False, demand.error, unresolvable=True)
+        return NodeEvaluation(False, demand.error, unresolvable=True, rejection="pod-spec")
     return None
 
 
@@ -137,19 +140,23 @@ def evaluate(
         # with a neutral breakdown.
         return NodeEvaluation(True, f"pod requests no {GPU_RESOURCE}")
     if node.topology is None or node.allocatable_gpus == 0:
-        return NodeEvaluation(False, f"node has no {GPU_RESOURCE}", unresolvable=True)
+        return NodeEvaluation(
+            False, f"node has no {GPU_RESOURCE}", unresolvable=True, rejection="no-gpus"
+        )
     if demand.plan is not None and node.gpu_memory_bytes <= 0:
         return NodeEvaluation(
             False,
             "GPU memory size unknown: no NodeInventory and no nvidia.com/gpu.memory or known "
             "nvidia.com/gpu.product label",
             unresolvable=True,
+            rejection="gpu-memory-unknown",
         )
     if node.allocatable_gpus < demand.gpus:
         return NodeEvaluation(
             False,
             f"node has {node.allocatable_gpus} GPUs in total, pod needs {demand.gpus}",
             unresolvable=True,
+            rejection="gpu-count",
         )
 
     memory: GpuFit | None = None
@@ -157,7 +164,9 @@ def evaluate(
         memory = fit_on_gpu(demand.plan, node.gpu_memory_bytes, demand.gpu_memory_utilization)
         if not memory.fits:
             reason = _memory_reason(node.gpu_product or "GPU", demand.plan, memory)
-            return NodeEvaluation(False, reason, unresolvable=True, memory=memory)
+            return NodeEvaluation(
+                False, reason, unresolvable=True, memory=memory, rejection="gpu-memory"
+            )
 
     free = node.usable_free_gpus
     if len(free) < demand.gpus:
@@ -165,10 +174,11 @@ def evaluate(
             False,
             f"{len(free)} of {node.allocatable_gpus} GPUs free, pod needs {demand.gpus}",
             memory=memory,
+            rejection="free-gpus",
         )
     gpu_set = best_gpu_set(node.topology.layout, free, demand.gpus)
     if gpu_set is None:  # pragma: no cover - len(free) >= k guarantees a set
-        return NodeEvaluation(False, "no GPU set available", memory=memory)
+        return NodeEvaluation(False, "no GPU set available", memory=memory, rejection="free-gpus")
 
     cold = _cold_start(demand, node, config)
     right_size = 1.0

@@ -151,6 +151,8 @@ def create_app(
         metrics.filter_nodes.labels("passed").inc(len(result.passed))
         metrics.filter_nodes.labels("failed").inc(len(result.failed))
         metrics.filter_nodes.labels("unresolvable").inc(len(result.unresolvable))
+        for reason, count in result.rejections.items():
+            metrics.rejections.labels(reason).inc(count)
         return filter_result(args, result.passed, result.failed, result.unresolvable)
 
     def do_prioritize(data: Any) -> Any:
@@ -235,6 +237,7 @@ def create_app(
     async def metrics_endpoint() -> Response:
         metrics.nodes.set(len(store.node_names()))
         metrics.synced.set(1 if store.synced else 0)
+        metrics.reservations.set(store.reservation_count())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

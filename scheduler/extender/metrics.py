@@ -30,6 +30,18 @@ class ExtenderMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.rejections = Counter(
+            "kvsched_filter_rejections",
+            "Nodes rejected by filter, by reason (pod-spec, no-gpus, gpu-count, gpu-memory, "
+            "gpu-memory-unknown, free-gpus, unknown-node, gang).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.reservations = Gauge(
+            "kvsched_gang_reservations",
+            "Gang members holding reserved GPUs, waiting to bind.",
+            registry=self.registry,
+        )
         self.binds = Counter(
             "kvsched_binds",
             "Bind calls by result (bound, already_bound, rejected).",

@@ -15,8 +15,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cachetools import LRUCache
@@ -57,7 +58,10 @@ from scheduler.state.offline import ClusterObjects
 log = logging.getLogger(__name__)
 
 UNKNOWN_NODE = NodeEvaluation(
-    False, "node unknown to kvsched (not in its cluster view yet)", unresolvable=False
+    False,
+    "node unknown to kvsched (not in its cluster view yet)",
+    unresolvable=False,
+    rejection="unknown-node",
 )
 
 
@@ -91,6 +95,8 @@ class FilterResult:
     passed: list[str]
     failed: dict[str, str]
     unresolvable: dict[str, str]
+    # Rejected nodes per NodeEvaluation.rejection word (for metrics).
+    rejections: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,7 +523,7 @@ class ClusterStore:
                     self._release_gang(demand.gang.key)
                 reason = self._plan_gang(demand, names)
                 if reason is not None:
-                    return FilterResult([], dict.fromkeys(names, reason), {})
+                    return FilterResult([], dict.fromkeys(names, reason), {}, {"gang": len(names)})
                 reserved = self._gangs.reservation(demand.uid)
                 assert reserved is not None
             node = reserved.reservation.node
@@ -525,7 +531,7 @@ class ClusterStore:
             failed = {n: elsewhere for n in names if n != node}
             if node not in names:
                 failed[node] = f"gang {demand.gang.key}: planned node {node} was not offered"
-            return FilterResult([node] if node in names else [], {}, failed)
+            return FilterResult([node] if node in names else [], {}, failed, {"gang": len(failed)})
 
     def filter(
         self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
@@ -541,10 +547,12 @@ class ClusterStore:
             return FilterResult(passed, {}, {})
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
+        rejections: Counter[str] = Counter()
         for name, e in zip(names, evaluations, strict=True):
             if not e.fits:
                 (unresolvable if e.unresolvable else failed)[name] = e.reason
-        return FilterResult(passed, failed, unresolvable)
+                rejections[e.rejection] += 1
+        return FilterResult(passed, failed, unresolvable, rejections)
 
     def prioritize(
         self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
@@ -698,6 +706,10 @@ class ClusterStore:
         self._put_pod(record)
         self._rebuild(node_name)
         return BindResult(assignment, placement, already_bound=False)
+
+    def reservation_count(self) -> int:
+        """GPU reservations of gang plans still waiting for their members to bind."""
+        return sum(len(self._gangs.plan(g) or {}) for g in self._gangs.gangs())
 
     def allocations(self) -> dict[str, GpuAssignment]:
         """Pod ref -> assignment, for every pod holding indexed GPUs."""
