@@ -141,15 +141,6 @@ class KubeApi:
             )
         raise ValueError(f"kvsched does not list {kind}")
 
-    def _list_function(self, kind: str) -> Any:
-        if kind == "Node":
-            return self.core.list_node
-        if kind == "Pod":
-            return self.core.list_pod_for_all_namespaces
-        if kind == "NodeInventory":
-            return self.custom.list_cluster_custom_object
-        raise ValueError(f"kvsched does not watch {kind}")
-
     def list(self, kind: str) -> ObjectList:
         items: list[dict[str, Any]] = []
         token: str | None = None
@@ -177,31 +168,35 @@ class KubeApi:
                 return ObjectList(items, str(meta.get("resourceVersion") or ""))
 
     def watch(self, kind: str, resource_version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
-        function = self._list_function(kind)
-        args: tuple[Any, ...] = ()
-        if kind == "NodeInventory":
-            args = (INVENTORY_GROUP, INVENTORY_VERSION, INVENTORY_PLURAL)
-        watcher = watch.Watch()
+        # The raw stream, not kubernetes.watch.Watch: with deserialize=False that class fails on
+        # ERROR events (it looks for a key only its own decoding adds), which is exactly where
+        # a 410 arrives; the caller handles ERROR events itself.
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "resource_version": resource_version,
+            "allow_watch_bookmarks": True,
+            # The server ends the watch after timeout_s; the read timeout catches a stalled
+            # connection it never closes.
+            "timeout_seconds": timeout_s,
+            "_preload_content": False,
+            "_request_timeout": (self.timeout, timeout_s + 30),
+        }
         try:
-            # timeout_seconds bounds the server side; the read timeout catches a stalled
-            # connection the server never closes.
-            for event in watcher.stream(
-                function,
-                *args,
-                resource_version=resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=timeout_s,
-                _request_timeout=(self.timeout, timeout_s + 30),
-                deserialize=False,
-            ):
-                if isinstance(event, dict):
-                    yield event
+            response = self._list_call(kind, **kwargs)
+            try:
+                for line in watch.watch.iter_resp_lines(response):
+                    if line.strip():
+                        event = orjson.loads(line)
+                        if isinstance(event, dict):
+                            yield event
+            finally:
+                response.release_conn()
         except ApiException as exc:
             raise _translate(exc, f"watch {kind}") from None
         except TransportHTTPError as exc:
             raise KubeError(f"watch {kind}: {exc}") from None
-        finally:
-            watcher.stop()
+        except orjson.JSONDecodeError as exc:
+            raise KubeError(f"watch {kind}: undecodable event: {exc}") from None
 
     def annotate_pod(
         self, namespace: str, name: str, annotations: Mapping[str, str | None]

@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from support.controlplane import BUILD_SH, ControlPlane, ControlPlaneUnavailable
@@ -23,6 +22,7 @@ from support.e2e import (
     NAMESPACE,
     Cluster,
     Extender,
+    SchedulerProcess,
     cluster_objects,
     kubectl,
     scheduler_config,
@@ -101,16 +101,16 @@ def extender(
 @pytest.fixture(scope="session")
 def scheduler(
     control_plane: ControlPlane, extender: Extender, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Path]:
+) -> Iterator[SchedulerProcess]:
     config = scheduler_config(control_plane, extender.url, tmp_path_factory.mktemp("sched"))
-    process = control_plane.start_scheduler(config)
-    yield control_plane.scheduler_log(process)
-    control_plane.stop_scheduler(process)
+    process = SchedulerProcess(control_plane, config)
+    yield process
+    process.stop()
 
 
 @pytest.fixture
 def cluster(
-    control_plane: ControlPlane, scheduler: Path, request: pytest.FixtureRequest
+    control_plane: ControlPlane, scheduler: SchedulerProcess, request: pytest.FixtureRequest
 ) -> Iterator[Cluster]:
     test_id = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     with cluster_objects(control_plane, test_id) as objects:

@@ -81,6 +81,13 @@ def _free_port() -> int:
         return port
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
 def _parse_env(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in text.splitlines():
@@ -375,6 +382,37 @@ class ControlPlane:
             return json.loads(raw)
         except json.JSONDecodeError:
             return raw
+
+    def restart_apiserver(self, down_for: float = 1.0, timeout: float = 60.0) -> float:
+        """Stop kube-apiserver (SIGTERM), keep it down `down_for` seconds, start it again with
+        the same command line (etcd keeps the data); returns seconds until /readyz was ok."""
+        pid_file = self.state_dir / "kube-apiserver.pid"
+        pid = int(pid_file.read_text().strip())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            if _is_zombie(pid):
+                break
+            time.sleep(0.1)
+        time.sleep(down_for)
+        started = time.monotonic()
+        log = (self.state_dir / "kube-apiserver.log").open("ab")
+        process = subprocess.Popen(
+            [a.decode() for a in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        pid_file.write_text(f"{process.pid}\n")
+        while not self.ready():
+            if time.monotonic() - started > timeout:
+                raise ControlPlaneUnavailable("kube-apiserver did not come back")
+            time.sleep(0.2)
+        return time.monotonic() - started
 
     def ready(self) -> bool:
         try:

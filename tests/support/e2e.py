@@ -197,6 +197,26 @@ class ControllerProcess(ChildProcess):
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
+class SchedulerProcess:
+    """kube-scheduler with a given config; `ensure_running` restarts it the way its Deployment
+    would (it exits by design when it loses its leader lease, e.g. while the API server is
+    down)."""
+
+    def __init__(self, plane: ControlPlane, config: Path) -> None:
+        self.plane = plane
+        self.config = config
+        self.process = plane.start_scheduler(config)
+        self.restarts = 0
+
+    def ensure_running(self) -> None:
+        if self.process.poll() is not None:
+            self.restarts += 1
+            self.process = self.plane.start_scheduler(self.config)
+
+    def stop(self) -> None:
+        self.plane.stop_scheduler(self.process)
+
+
 def kubectl(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
     """The kubectl built with the control plane, against it, from the repository root."""
     return subprocess.run(
