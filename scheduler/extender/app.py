@@ -19,6 +19,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from scheduler.core.demand import PodDemand, parse_demand
 from scheduler.core.node import NodeState
@@ -115,11 +116,16 @@ def create_app(
     app.state.store = store
     app.state.metrics = metrics
 
-    async def run_verb(verb: str, request: Request, handle: Callable[[Any], Any]) -> Response:
+    async def run_verb(
+        verb: str, request: Request, handle: Callable[[Any], Any], blocking: bool = False
+    ) -> Response:
         started = time.perf_counter()
         try:
             body = await read_body(request, settings.max_body_bytes)
-            result = handle(decode_json(body))
+            data = decode_json(body)
+            # Bind waits on the API server (two writes): off the event loop, so that the
+            # scheduler's next filter is not queued behind it.
+            result = await run_in_threadpool(handle, data) if blocking else handle(data)
             outcome, response = "ok", json_response(result)
         except RequestBodyError as exc:
             outcome, response = "bad_request", json_response({"Error": exc.message}, exc.status)
@@ -210,7 +216,7 @@ def create_app(
 
     @app.post("/bind")
     async def bind_verb(request: Request) -> Response:
-        return await run_verb("bind", request, do_bind)
+        return await run_verb("bind", request, do_bind, blocking=True)
 
     @app.post("/explain")
     async def explain_verb(request: Request) -> Response:

@@ -326,7 +326,8 @@ class ClusterStore:
     def demand(self, pod: Mapping[str, Any]) -> PodDemand:
         demand = parse_demand(pod, self.catalog)
         if demand.uid:
-            self._seen[demand.uid] = demand
+            with self._lock:  # binds run in worker threads and read it
+                self._seen[demand.uid] = demand
         return demand
 
     def evaluations(
@@ -342,7 +343,8 @@ class ClusterStore:
         rejection = demand_rejection(demand)
         if rejection is not None:
             return [rejection] * len(names)
-        memo = self._memo_for(demand)
+        with self._lock:  # the LRU reorders on every read; watch threads invalidate it
+            memo = self._memo_for(demand)
         result = list(map(memo.by_name.get, names))
         if None not in result:
             return result  # type: ignore[return-value]
@@ -620,6 +622,9 @@ class ClusterStore:
     def bind(self, namespace: str, name: str, uid: str, node_name: str) -> BindResult:
         """Choose the pod's GPUs on `node_name`, make the bind durable, record it.
 
+        The GPUs are taken in the store first (under the lock, so no other bind or filter can
+        get them), then the binder's API calls run outside the lock, so that filters for the
+        next pods do not wait behind them; a failed bind gives the GPUs back.
         Idempotent: a retry for a pod already bound to that node returns the same GPUs.
         """
         with self._lock:
@@ -634,48 +639,67 @@ class ClusterStore:
                     return BindResult(existing.assignment, "already bound", already_bound=True)
             reserved = self._gangs.reservation(uid)
             if reserved is not None:
-                return self._bind_reserved(reserved, node_name)
-            demand = self._seen.get(uid)
-            if demand is None:
-                # E.g. filter ran before a restart of ours: the watched pod says the same.
-                obj = self._pod_objects.get((namespace, name))
-                if obj is not None and pod_record(obj).uid == uid:
-                    demand = parse_demand(obj, self.catalog)
-            if demand is None:
-                raise BindError(
-                    f"pod {namespace}/{name} (uid {uid}) was not seen by filter: cannot bind"
-                )
-            entry = self._entries.get(node_name)
-            if entry is None:
-                raise BindError(f"node {node_name} unknown to kvsched")
-            evaluation = evaluate(demand, entry.state, self.scoring)
-            if not evaluation.fits:
-                raise BindError(
-                    f"pod {namespace}/{name} no longer fits {node_name}: {evaluation.reason}"
-                )
-            topology = entry.state.topology
-            uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
-            assignment = GpuAssignment(
-                node_name, evaluation.gpus, uuids_for(evaluation.gpus, uuid_by_index)
-            )
-            record = PodRecord(
-                uid=uid,
-                namespace=namespace,
-                name=name,
-                node=node_name,
-                gpus=demand.gpus,
-                assignment=assignment,
-                model=demand.model,
-                phase="Pending",
-            )
-            placement = evaluation.summary()
-            self.binder.bind(record, assignment, placement)
+                record, placement = self._claim_reserved(reserved, node_name)
+            else:
+                record, placement = self._claim(namespace, name, uid, node_name)
+            assert record.assignment is not None
             self._assumed[uid] = record
             self._put_pod(record)
             self._rebuild(node_name)
-            return BindResult(assignment, placement, already_bound=False)
+        try:
+            self.binder.bind(record, record.assignment, placement)
+        except BindError:
+            with self._lock:
+                self._assumed.pop(uid, None)
+                self._pods.pop(uid, None)
+                self._pods_by_node.get(node_name, {}).pop(uid, None)
+                if existing is not None:
+                    self._put_pod(existing)
+                if reserved is not None:
+                    self._gangs.restore(reserved)
+                self._rebuild(node_name)
+            raise
+        return BindResult(record.assignment, placement, already_bound=False)
 
-    def _bind_reserved(self, reserved: Reserved, node_name: str) -> BindResult:
+    def _claim(self, namespace: str, name: str, uid: str, node_name: str) -> tuple[PodRecord, str]:
+        demand = self._seen.get(uid)
+        if demand is None:
+            # E.g. filter ran before a restart of ours: the watched pod says the same.
+            obj = self._pod_objects.get((namespace, name))
+            if obj is not None and pod_record(obj).uid == uid:
+                demand = parse_demand(obj, self.catalog)
+        if demand is None:
+            raise BindError(
+                f"pod {namespace}/{name} (uid {uid}) was not seen by filter: cannot bind"
+            )
+        entry = self._entries.get(node_name)
+        if entry is None:
+            raise BindError(f"node {node_name} unknown to kvsched")
+        evaluation = evaluate(demand, entry.state, self.scoring)
+        if not evaluation.fits:
+            raise BindError(
+                f"pod {namespace}/{name} no longer fits {node_name}: {evaluation.reason}"
+            )
+        topology = entry.state.topology
+        uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
+        assignment = GpuAssignment(
+            node_name, evaluation.gpus, uuids_for(evaluation.gpus, uuid_by_index)
+        )
+        record = PodRecord(
+            uid=uid,
+            namespace=namespace,
+            name=name,
+            node=node_name,
+            gpus=demand.gpus,
+            assignment=assignment,
+            model=demand.model,
+            phase="Pending",
+            gang=demand.gang.key if demand.gang is not None else None,
+            role=demand.role,
+        )
+        return record, evaluation.summary()
+
+    def _claim_reserved(self, reserved: Reserved, node_name: str) -> tuple[PodRecord, str]:
         """A gang member binds onto the GPUs its plan reserved (no re-evaluation: the plan
         already judged them, and they are held for it)."""
         plan = reserved.reservation
@@ -700,12 +724,7 @@ class ClusterStore:
             phase="Pending",
             gang=plan.gang,
         )
-        placement = f"gpus={','.join(map(str, plan.indices))} gang={plan.gang}"
-        self.binder.bind(record, assignment, placement)
-        self._assumed[reserved.uid] = record
-        self._put_pod(record)
-        self._rebuild(node_name)
-        return BindResult(assignment, placement, already_bound=False)
+        return record, f"gpus={','.join(map(str, plan.indices))} gang={plan.gang}"
 
     def reservation_count(self) -> int:
         """GPU reservations of gang plans still waiting for their members to bind."""
