@@ -1,7 +1,25 @@
 #!/usr/bin/env bash
-# Regenerate docs/benchmarks.md from scratch. Run on a quiet machine: the report records it.
+# Regenerate docs/benchmarks.md (and docs/img/*.png) from scratch: extender latency, placement
+# quality on the reference trace (simulator), and the real kube-scheduler on the local control
+# plane. Run on a quiet machine: each report records the machine it ran on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-"$VENV/bin/python" hack/bench_extender.py --nodes "${BENCH_NODES:-1000,5000}" \
-  --iterations "${BENCH_ITERATIONS:-1000}" --warmup 50 --out docs/benchmarks.md
+PY="$VENV/bin/python"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p docs/img
+"$PY" hack/bench_extender.py --nodes "${BENCH_NODES:-1000,5000}" \
+  --iterations "${BENCH_ITERATIONS:-1000}" --warmup 50 --out "$tmp/extender.md"
+"$PY" hack/bench_placement.py --out-md "$tmp/placement.md" --plots docs/img
+hack/controlplane/build.sh >/dev/null
+"$PY" hack/bench_scheduler.py --nodes "${BENCH_SCHED_NODES:-1000}" \
+  --pods "${BENCH_SCHED_PODS:-2000}" --out-md "$tmp/scheduler.md"
+{
+  cat "$tmp/extender.md"
+  echo
+  cat "$tmp/placement.md"
+  echo
+  cat "$tmp/scheduler.md"
+} >docs/benchmarks.md
+echo "wrote docs/benchmarks.md"

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "topology_cmd",
     "plan_cmd",
     "explain_cmd",
+    "simulate_cmd",
 )
 
 

@@ -1,0 +1,937 @@
+"""Real-scheduler benchmark: kube-scheduler's throughput and placements with and without kvsched.
+
+One run, one fresh local control plane (etcd + kube-apiserver, hack/controlplane), the same
+nodes and the same pods for both profiles:
+
+1. Setup. Only the NodeInventory CRD is applied (no other manifest: no RBAC, no Deployments).
+   A seeded synthetic GPU pool (scheduler.demo.synthetic.synthetic_cluster: six node kinds,
+   HGX H100/H200/B200, DGX A100, A100 PCIe with NVLink bridges, L40S; 8 GPUs each; ~80% with a
+   NodeInventory that lists cached models; some GPUs held by running pods) is created through
+   the API with a few worker threads on keep-alive connections.
+2. P seeded LLM pods: TP (nvidia.com/gpu) 1/2/4/8 drawn 55/25/12/8 % (`--tp-mix`), the model
+   drawn by a Zipf law (s=1.1) over a popularity order of catalog models; a TP at which the
+   model cannot fit any GPU kind of the pool is raised to the next one of the mix that fits
+   somewhere (models that fit at none are not drawn). KV budget
+   annotations as vLLM pods carry them (max-model-len 8192, max-num-seqs 4).
+3. Phase "default": kube-scheduler with only the default profile (no extenders). Phase
+   "kvsched": `kvsched extender` in cluster mode plus kube-scheduler with
+   manifests/scheduler/scheduler-config.yaml. In each phase the P pods are created first,
+   while no scheduler serves them (a backlog; `--arrival stream` starts the scheduler first
+   and times from the first create instead), then the scheduler is started and every bind is
+   timed from a pod watch. The phase ends when all pods are bound or no bind happened for
+   `--settle` seconds. Between the phases the pods are deleted and the nodes are as before.
+4. Throughput = pods bound / (last bind - first bind) (the scheduler draining its queue),
+   and also counted from the scheduler's process start. Ratio kvsched / default is checked
+   against the DESIGN.md target (>= 0.5).
+5. Placement metrics from where each profile put the pods, replayed in bind order through
+   the placement core (scheduler.core.placement.evaluate) on node states built from the same
+   Node/NodeInventory/running-pod objects the extender reads: for each bound pod, its demand is
+   evaluated on its node with the benchmark pods bound before it holding their GPUs. This
+   gives the estimated time to ready (engine init + weight bytes / bandwidth of the tier the
+   weights are in on that node) and the best GPU set available on that node at that moment.
+   The GPUs a pod got: kvsched's `kvsched.io/assigned-gpus`; under the default profile no one
+   chooses, and the set is taken as the lowest free indices (what the NVIDIA device plugin
+   hands out without a preferred-allocation policy; its best-effort policy would do better,
+   so the default's GPU-set column is a lower bound for a pool running that policy).
+   Residency is the inventories' state at setup: the benchmark pods' own loads are not added
+   to the caches while replaying (no controller runs), for both profiles alike.
+
+Both KubeSchedulerConfigurations get the same overrides, made here only for the benchmark:
+clientConnection qps/burst (default 1000/1000; the shipped file sets none, and kube-scheduler's
+50/100 would cap the default profile's binds at ~50/s), leaderElection off (only the CRD is
+applied, so kvsched-system does not exist). Everything else in the kvsched config is as shipped
+(httpTimeout, weight, nodeCacheCapable, managedResources).
+
+    python hack/bench_scheduler.py --nodes 1000 --pods 2000 --out-md /tmp/bench.md
+
+2000 pods at the default TP mix ask ~4,500 of the ~5,900 GPUs the 1000-node pool has free;
+3000 would ask ~6,700, more than the pool has, and the run would mostly measure pending pods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import http.client
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from support.controlplane import ControlPlane, ControlPlaneUnavailable  # noqa: E402
+from support.e2e import Extender, kubectl, scheduler_config  # noqa: E402
+
+from scheduler.core.assignment import GpuAssignment  # noqa: E402
+from scheduler.core.demand import A_ASSIGNED_GPUS, PodDemand, parse_demand  # noqa: E402
+from scheduler.core.node import NodeState  # noqa: E402
+from scheduler.core.placement import evaluate  # noqa: E402
+from scheduler.demo.cluster import KINDS, inventory_object, llm_pod, node_object  # noqa: E402
+from scheduler.demo.synthetic import synthetic_cluster  # noqa: E402
+from scheduler.models.catalog import Catalog  # noqa: E402
+from scheduler.state.objects import node_state, pod_record  # noqa: E402
+from topology.select import score_gpu_set  # noqa: E402
+
+TARGET_RATIO = 0.5
+NAMESPACE = "bench"
+PHASE_LABEL = "kvsched-bench/phase"
+CRD = ROOT / "manifests" / "crd" / "nodeinventories.kvsched.io.yaml"
+INVENTORIES = "/apis/kvsched.io/v1alpha1/nodeinventories"
+SHIPPED_CONFIG = ROOT / "manifests" / "scheduler" / "scheduler-config.yaml"
+
+# Popularity order for the Zipf draw: small chat models first, then 70B-class, then the big
+# MoE / 405B models that need whole H200/B200 nodes.
+POPULARITY = (
+    "meta-llama/Llama-3.1-8B-Instruct",
+    "Qwen/Qwen2.5-7B-Instruct",
+    "meta-llama/Llama-3.1-70B-Instruct",
+    "mistralai/Mistral-7B-Instruct-v0.3",
+    "Qwen/Qwen3-8B",
+    "openai/gpt-oss-20b",
+    "Qwen/Qwen2.5-32B-Instruct",
+    "google/gemma-2-9b-it",
+    "meta-llama/Llama-3.3-70B-Instruct",
+    "openai/gpt-oss-120b",
+    "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    "Qwen/Qwen2.5-72B-Instruct",
+    "google/gemma-3-27b-it",
+    "microsoft/phi-4",
+    "Qwen/Qwen3-30B-A3B",
+    "meta-llama/Llama-3.2-3B-Instruct",
+    "Qwen/Qwen3-32B",
+    "deepseek-ai/DeepSeek-V3",
+    "mistralai/Mixtral-8x22B-Instruct-v0.1",
+    "meta-llama/Llama-3.1-405B-Instruct",
+    "Qwen/Qwen3-235B-A22B",
+)
+ZIPF_S = 1.1
+TP_WEIGHTS = {1: 0.55, 2: 0.25, 4: 0.12, 8: 0.08}
+POD_ANNOTATIONS = {"kvsched.io/max-model-len": "8192", "kvsched.io/max-num-seqs": "4"}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- a small keep-alive API client (one connection per thread) ---------------------------------
+
+
+class Api:
+    """Bearer-token JSON calls to the apiserver over one keep-alive connection per thread
+    (urllib opens a new TLS connection per call, which would make setup the slow part)."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        url = urllib.parse.urlsplit(plane.server_url)
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or 443
+        self.token = plane.token
+        self.context = ssl.create_default_context(cafile=str(plane.ca_file))
+        self.local = threading.local()
+
+    def connect(self, timeout: float | None = 60.0) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(
+            self.host, self.port, context=self.context, timeout=timeout
+        )
+
+    def headers(self, content_type: str | None = None) -> dict[str, str]:
+        out = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        if content_type:
+            out["Content-Type"] = content_type
+        return out
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        content_type: str = "application/json",
+        ok: Iterable[int] = (),
+    ) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in range(3):
+            conn: http.client.HTTPSConnection | None = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = self.connect()
+            try:
+                conn.request(
+                    method, path, body=data, headers=self.headers(content_type if data else None)
+                )
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+                continue
+            if resp.status >= 300 and resp.status not in ok:
+                raise RuntimeError(f"{method} {path} -> HTTP {resp.status}: {raw[:500]!r}")
+            return json.loads(raw) if raw else None
+        return None  # pragma: no cover
+
+    def parallel(self, workers: int, calls: Sequence[Callable[[], object]]) -> None:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in [pool.submit(c) for c in calls]:
+                future.result()
+
+
+# ---- the workload ------------------------------------------------------------------------------
+
+
+def pool_objects(nodes: int, seed: int, inventory_share: float) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {"Node": [], "NodeInventory": [], "Pod": []}
+    for obj in synthetic_cluster(nodes, seed=seed, inventory_share=inventory_share):
+        out[obj["kind"]].append(obj)
+    return out
+
+
+def feasible_tps(model: str, catalog: Catalog, tps: Iterable[int]) -> set[int]:
+    """TP sizes at which `model` (with the benchmark's KV budget) fits at least one GPU kind."""
+    states = [
+        node_state(
+            node_object(f"{k.prefix}-probe", k),
+            inventory_object(f"{k.prefix}-probe", k),
+            [],
+            catalog,
+        )
+        for k in KINDS
+    ]
+    out = set()
+    for tp in tps:
+        demand = parse_demand(_pod(model, tp, "probe"), catalog)
+        if any(evaluate(demand, s).fits for s in states):
+            out.add(tp)
+    return out
+
+
+def _pod(model: str, tp: int, name: str) -> dict[str, Any]:
+    pod = llm_pod(name, tp, {"kvsched.io/model": model, **POD_ANNOTATIONS}, namespace=NAMESPACE)
+    pod["metadata"].pop("uid")
+    pod.pop("status")
+    return pod
+
+
+def parse_mix(text: str) -> dict[int, float]:
+    """`1=55,2=25,4=12,8=8` -> {1: 55.0, ...}"""
+    mix = {}
+    for part in text.split(","):
+        tp, _, weight = part.partition("=")
+        mix[int(tp)] = float(weight)
+    if not mix or any(tp < 1 or w < 0 for tp, w in mix.items()) or sum(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"bad TP mix {text!r}")
+    return mix
+
+
+def workload(
+    count: int, seed: int, catalog: Catalog, mix: Mapping[int, float] = TP_WEIGHTS
+) -> list[dict[str, Any]]:
+    """`count` pods, the same for the same seed; schedulerName is set per phase.
+
+    A model that fits no GPU kind at any TP of the mix is not drawn."""
+    rng = random.Random(seed * 7919 + 1)
+    tps, tp_weights = sorted(mix), [mix[t] for t in sorted(mix)]
+    fits = {m: feasible_tps(m, catalog, tps) for m in POPULARITY if catalog.get(m) is not None}
+    models = [m for m in POPULARITY if fits.get(m)]
+    weights = [1 / (rank + 1) ** ZIPF_S for rank in range(len(models))]
+    pods = []
+    for i in range(count):
+        model = rng.choices(models, weights)[0]
+        tp = rng.choices(tps, tp_weights)[0]
+        tp = min((t for t in fits[model] if t >= tp), default=max(fits[model]))
+        pods.append(_pod(model, tp, f"llm-{i:05d}"))
+    return pods
+
+
+def gpus_of(pod: Mapping[str, Any]) -> int:
+    return int(pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+
+
+# ---- setup -------------------------------------------------------------------------------------
+
+
+def create_pool(api: Api, objects: Mapping[str, list[dict[str, Any]]], workers: int) -> None:
+    def node(obj: dict[str, Any]) -> Callable[[], object]:
+        return lambda: api.call("POST", "/api/v1/nodes", obj)
+
+    def inventory(obj: dict[str, Any]) -> Callable[[], object]:
+        body = {k: v for k, v in obj.items() if k != "status"}
+        name = obj["metadata"]["name"]
+
+        def run() -> None:
+            api.call("POST", INVENTORIES, body)
+            api.call(
+                "PATCH",
+                f"{INVENTORIES}/{name}/status",
+                {"status": obj["status"]},
+                content_type="application/merge-patch+json",
+            )
+
+        return run
+
+    def running(obj: dict[str, Any]) -> Callable[[], object]:
+        body = copy.deepcopy(obj)
+        body["metadata"].pop("uid", None)
+        body.pop("status", None)
+        return lambda: api.call("POST", "/api/v1/namespaces/default/pods", body)
+
+    api.parallel(workers, [node(o) for o in objects["Node"]])
+    api.parallel(workers, [inventory(o) for o in objects["NodeInventory"]])
+    api.parallel(workers, [running(o) for o in objects["Pod"]])
+
+
+# ---- scheduler configs -------------------------------------------------------------------------
+
+
+def overrides(config: dict[str, Any], plane: ControlPlane, qps: float, burst: int) -> None:
+    config["clientConnection"] = {
+        **(config.get("clientConnection") or {}),
+        "kubeconfig": str(plane.kubeconfig),
+        "qps": qps,
+        "burst": burst,
+    }
+    config["leaderElection"] = {"leaderElect": False}
+
+
+def default_config(plane: ControlPlane, folder: Path, qps: float, burst: int) -> Path:
+    config: dict[str, Any] = {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "profiles": [{"schedulerName": "default-scheduler"}],
+    }
+    overrides(config, plane, qps, burst)
+    path = folder / "scheduler-default.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def kvsched_config(
+    plane: ControlPlane, extender_url: str, folder: Path, qps: float, burst: int
+) -> Path:
+    sub = folder / "kvsched-config"
+    sub.mkdir(exist_ok=True)
+    path: Path = scheduler_config(plane, extender_url, sub)  # shipped file, URL + kubeconfig set
+    config = yaml.safe_load(path.read_text())
+    overrides(config, plane, qps, burst)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# ---- one phase ---------------------------------------------------------------------------------
+
+
+class BindWatch:
+    """Times every pod's first appearance with spec.nodeName, from a pod watch."""
+
+    def __init__(self, api: Api, phase: str) -> None:
+        self.api = api
+        self.selector = urllib.parse.quote(f"{PHASE_LABEL}={phase}")
+        self.bound: dict[str, float] = {}
+        self.order: list[str] = []
+        self.lock = threading.Lock()
+        self.stopped = False
+        self.error: BaseException | None = None
+        listed = api.call("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?limit=1")
+        self.rv = listed["metadata"]["resourceVersion"]
+        self.conn = api.connect(timeout=None)
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        path = (
+            f"/api/v1/namespaces/{NAMESPACE}/pods?watch=1&labelSelector={self.selector}"
+            f"&resourceVersion={self.rv}&timeoutSeconds=3600"
+        )
+        try:
+            self.conn.request("GET", path, headers=self.api.headers())
+            resp = self.conn.getresponse()
+            while not self.stopped:
+                line = resp.readline()
+                if not line:
+                    break
+                now = time.monotonic()
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") not in ("ADDED", "MODIFIED"):
+                    continue
+                if (obj.get("spec") or {}).get("nodeName"):
+                    name = obj["metadata"]["name"]
+                    with self.lock:
+                        if name not in self.bound:
+                            self.bound[name] = now
+                            self.order.append(name)
+        except Exception as exc:  # a closed socket while stopping raises all sorts
+            if not self.stopped:
+                self.error = exc
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.bound)
+
+    def stop(self) -> None:
+        self.stopped = True
+        with contextlib.suppress(OSError, AttributeError):
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        self.conn.close()
+        self.thread.join(5)
+
+
+@dataclass
+class PhaseResult:
+    profile: str
+    pods: int
+    bound: int
+    create_s: float
+    sched_start_s: float  # scheduler process start -> healthy
+    first_bind_s: float  # from the time origin (see `origin`)
+    last_bind_s: float
+    origin: str
+    wall_s: float
+    order: list[str]
+    final: dict[str, dict[str, Any]]
+    failed_events: int
+    log_notes: dict[str, int]
+    extender: dict[str, float] = field(default_factory=dict)
+    placement: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> int:
+        return self.pods - self.bound
+
+    @property
+    def drain_rate(self) -> float:
+        span = self.last_bind_s - self.first_bind_s
+        return (self.bound - 1) / span if self.bound > 1 and span > 0 else float("nan")
+
+    @property
+    def rate_from_origin(self) -> float:
+        return self.bound / self.last_bind_s if self.last_bind_s > 0 else float("nan")
+
+
+LOG_PATTERNS = {
+    "extender errors": re.compile(r"extender|Extender"),
+    "timeouts": re.compile(r"Client\.Timeout|context deadline exceeded|timeout", re.I),
+    "throttling": re.compile(r"client-side throttling|Throttling request", re.I),
+    "bind failures": re.compile(r"[Ff]ailed to bind|binding rejected|Error binding"),
+}
+
+
+def scan_log(path: Path) -> dict[str, int]:
+    notes = dict.fromkeys(LOG_PATTERNS, 0)
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.startswith(("E", "W")):  # klog severity: only errors and warnings
+                continue
+            for key, pattern in LOG_PATTERNS.items():
+                if pattern.search(line):
+                    notes[key] += 1
+    return notes
+
+
+def run_phase(
+    plane: ControlPlane,
+    api: Api,
+    profile: str,
+    pods: Sequence[dict[str, Any]],
+    config: Path,
+    args: argparse.Namespace,
+    extender: Extender | None,
+) -> PhaseResult:
+    wall0 = time.monotonic()
+    scheduler_name = "default-scheduler" if profile == "default" else "kvsched"
+    bodies = []
+    for pod in pods:
+        body = copy.deepcopy(pod)
+        body["spec"]["schedulerName"] = scheduler_name
+        body["metadata"]["labels"][PHASE_LABEL] = profile
+        bodies.append(body)
+    watch = BindWatch(api, profile)
+    path = f"/api/v1/namespaces/{NAMESPACE}/pods"
+    calls = [lambda b=b: api.call("POST", path, b) for b in bodies]
+    scheduler = None
+    try:
+        if args.arrival == "stream":
+            t_sched = time.monotonic()
+            scheduler = plane.start_scheduler(config)
+            sched_start = time.monotonic() - t_sched
+            origin = time.monotonic()
+            api.parallel(args.workers, calls)
+            create_s = time.monotonic() - origin
+        else:
+            t_create = time.monotonic()
+            api.parallel(args.workers, calls)
+            create_s = time.monotonic() - t_create
+            time.sleep(2.0)  # let the apiserver (and the extender's watches) settle
+            origin = time.monotonic()
+            scheduler = plane.start_scheduler(config)
+            sched_start = time.monotonic() - origin
+        log(f"{profile}: {len(bodies)} pods created in {create_s:.1f}s; scheduler up")
+        deadline = origin + args.timeout
+        last_count, last_change = -1, time.monotonic()
+        while True:
+            count = watch.count()
+            now = time.monotonic()
+            if count != last_count:
+                last_count, last_change = count, now
+            if count >= len(bodies) or now - last_change > args.settle or now > deadline:
+                break
+            if watch.error is not None:
+                raise RuntimeError(f"pod watch failed: {watch.error}")
+            time.sleep(0.1)
+        extender_stats = extender_metrics(extender) if extender is not None else {}
+    finally:
+        watch.stop()
+        if scheduler is not None:
+            sched_log = plane.scheduler_log(scheduler)
+            plane.stop_scheduler(scheduler)
+    times = sorted(watch.bound.values())
+    listed = api.call(
+        "GET", f"{path}?labelSelector={urllib.parse.quote(f'{PHASE_LABEL}={profile}')}"
+    )
+    final = {p["metadata"]["name"]: p for p in listed["items"]}
+    events = api.call(
+        "GET", f"/api/v1/namespaces/{NAMESPACE}/events?fieldSelector=reason%3DFailedScheduling"
+    )
+    notes = scan_log(sched_log)
+    shutil.copy(sched_log, Path(args.work) / f"kube-scheduler-{profile}.log")
+    bound_final = sum(1 for p in final.values() if p["spec"].get("nodeName"))
+    result = PhaseResult(
+        profile=profile,
+        pods=len(bodies),
+        bound=bound_final,
+        create_s=create_s,
+        sched_start_s=sched_start,
+        first_bind_s=(times[0] - origin) if times else float("nan"),
+        last_bind_s=(times[-1] - origin) if times else float("nan"),
+        origin="first create" if args.arrival == "stream" else "scheduler start",
+        wall_s=0.0,
+        order=list(watch.order),
+        final=final,
+        failed_events=sum(int(e.get("count") or 1) for e in events.get("items", [])),
+        log_notes=notes,
+        extender=extender_stats,
+    )
+    # Reset: delete this phase's pods and wait until they are gone.
+    api.call(
+        "DELETE",
+        f"{path}?labelSelector={urllib.parse.quote(f'{PHASE_LABEL}={profile}')}"
+        "&gracePeriodSeconds=0",
+    )
+    api.call("DELETE", f"/api/v1/namespaces/{NAMESPACE}/events")
+    deadline = time.monotonic() + 120
+    while api.call("GET", f"{path}?limit=1")["items"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{profile}: pods not gone after 120 s")
+        time.sleep(0.5)
+    result.wall_s = time.monotonic() - wall0
+    return result
+
+
+def extender_metrics(extender: Extender) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError, ValueError):
+        for verb in ("filter", "prioritize", "bind"):
+            total = extender.metric("kvsched_extender_request_duration_seconds_sum", verb=verb)
+            calls = extender.metric("kvsched_extender_request_duration_seconds_count", verb=verb)
+            out[f"{verb} calls"] = calls
+            out[f"{verb} mean ms"] = 1000 * total / calls if calls else float("nan")
+        out["errors"] = extender.metric("kvsched_extender_requests_total", outcome="error")
+    return out
+
+
+# ---- placement replay --------------------------------------------------------------------------
+
+
+def initial_states(
+    objects: Mapping[str, list[dict[str, Any]]], catalog: Catalog
+) -> dict[str, NodeState]:
+    inventories = {o["metadata"]["name"]: o for o in objects["NodeInventory"]}
+    records = [pod_record(p) for p in objects["Pod"]]
+    by_node: dict[str, list[Any]] = {}
+    for r in records:
+        by_node.setdefault(r.node or "", []).append(r)
+    states = {}
+    for node in objects["Node"]:
+        name = node["metadata"]["name"]
+        state = node_state(node, inventories.get(name), by_node.get(name, []), catalog)
+        # Running pods without indices took the lowest free GPUs: make that explicit.
+        states[name] = replace(state, free_gpus=state.usable_free_gpus, unindexed_busy=0)
+    return states
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def replay(
+    result: PhaseResult,
+    pods: Mapping[str, dict[str, Any]],
+    initial: Mapping[str, NodeState],
+    catalog: Catalog,
+) -> dict[str, Any]:
+    states = dict(initial)
+    ready: list[float] = []
+    load: list[float] = []
+    per_pod: dict[str, tuple[float, float]] = {}
+    tiers: Counter[str] = Counter()
+    tp_total = tp_best = 0
+    misfit = conflicts = 0
+    # Bind order from the watch; pods bound but missed by it (none expected) go last.
+    order = [n for n in result.order if n in result.final]
+    seen = set(order)
+    order += sorted(
+        n for n, p in result.final.items() if p["spec"].get("nodeName") and n not in seen
+    )
+    for name in order:
+        node = result.final[name]["spec"].get("nodeName")
+        if not node or node not in states:
+            continue
+        state = states[node]
+        demand: PodDemand = parse_demand(pods[name], catalog)
+        verdict = evaluate(demand, state)
+        free = sorted(state.free_gpus)
+        if result.profile == "kvsched":
+            raw = (result.final[name]["metadata"].get("annotations") or {}).get(A_ASSIGNED_GPUS)
+            chosen = tuple(GpuAssignment.decode(raw).indices) if raw else tuple(free[: demand.gpus])
+        else:
+            chosen = tuple(free[: demand.gpus])  # device plugin: lowest free indices
+        if not set(chosen) <= state.free_gpus or len(chosen) != demand.gpus:
+            conflicts += 1
+        if verdict.fits and verdict.cold_start is not None:
+            ready.append(verdict.cold_start.ready_seconds)
+            load.append(verdict.cold_start.load_seconds)
+            per_pod[name] = (verdict.cold_start.ready_seconds, verdict.cold_start.load_seconds)
+            tiers[verdict.cold_start.tier.label] += 1
+        elif not verdict.fits:
+            misfit += 1
+        if demand.gpus > 1 and verdict.gpu_set is not None and state.topology is not None:
+            tp_total += 1
+            got = score_gpu_set(state.topology.layout, chosen)
+            if got.quality >= verdict.gpu_set.quality - 1e-12:
+                tp_best += 1
+        states[node] = replace(state, free_gpus=state.free_gpus - set(chosen))
+    return {
+        "ready mean": statistics.fmean(ready) if ready else float("nan"),
+        "ready p95": percentile(ready, 95),
+        "load mean": statistics.fmean(load) if load else float("nan"),
+        "tiers": dict(tiers),
+        "tp best": tp_best,
+        "tp total": tp_total,
+        "misfit": misfit,
+        "conflicts": conflicts,
+        "per pod": per_pod,
+    }
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def machine_notes() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    mem = ""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    load = ""
+    with contextlib.suppress(OSError):
+        load = f", load average at start {Path('/proc/loadavg').read_text().split()[0]}"
+    return (
+        f"{model}, nproc {nproc or os.cpu_count()}{mem}{load}; Python {platform.python_version()}"
+    )
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def report(
+    args: argparse.Namespace,
+    results: Sequence[PhaseResult],
+    setup: Mapping[str, Any],
+    machine: str,
+    bin_dir: Path,
+    total_wall: float,
+) -> str:
+    default, kv = results
+    ratio = kv.drain_rate / default.drain_rate if default.drain_rate else float("nan")
+    ratio_origin = (
+        kv.rate_from_origin / default.rate_from_origin if default.rate_from_origin else float("nan")
+    )
+    met = ratio >= TARGET_RATIO
+    shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    timeout = shipped["extenders"][0].get("httpTimeout", "5s (default)")
+    command = "python hack/bench_scheduler.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in (
+            ("nodes", args.nodes),
+            ("pods", args.pods),
+            ("seed", args.seed),
+            ("arrival", args.arrival),
+            ("tp-mix", ",".join(f"{t}={w:g}" for t, w in sorted(args.tp_mix.items()))),
+        )
+    )
+    lines = [
+        "## Real kube-scheduler throughput and placements: kvsched vs the default profile",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine}  ",
+        f"Control plane: {bin_dir.parent.name} (etcd, kube-apiserver, kube-scheduler built from "
+        "Go modules; no kubelet, no controller-manager)  ",
+        f"Pool: {setup['nodes']} fake GPU nodes (8 GPUs each; "
+        f"{setup['inventories']} with a NodeInventory), {setup['running']} running pods holding "
+        f"{setup['busy_gpus']} GPUs; {setup['free_gpus']} GPUs free. Setup took "
+        f"{setup['setup_s']:.0f} s.  ",
+        f"Workload: {args.pods} pods asking for {setup['pod_gpus']} GPUs "
+        f"(TP {setup['tp_mix']}), {setup['models']} models by Zipf (s={ZIPF_S}); "
+        f"seed {args.seed}.  ",
+        f"Scheduler settings, both profiles: clientConnection qps {args.qps:g} / burst "
+        f"{args.burst} and leaderElection off (benchmark overrides; the shipped config sets no "
+        f"qps/burst, so kube-scheduler's 50/100 would apply); percentageOfNodesToScore default. "
+        f"kvsched: manifests/scheduler/scheduler-config.yaml otherwise as shipped "
+        f"(extender httpTimeout {timeout}, weight {shipped['extenders'][0]['weight']}, "
+        "nodeCacheCapable, bindVerb).  ",
+        "Arrival: "
+        + (
+            "backlog: all pods created while no scheduler serves them, then the scheduler is "
+            "started; pods/s = (bound - 1) / (last bind - first bind), also shown from the "
+            "scheduler's process start."
+            if args.arrival == "backlog"
+            else "stream: scheduler running, pods created as fast as "
+            f"{args.workers} client threads can; pods/s from the first create shown too."
+        ),
+        "",
+        "| profile | bound / pods | pending | create s | first bind s | last bind s | "
+        f"pods/s (drain) | pods/s (from {default.origin}) | mean ready s | p95 ready s | "
+        "mean weight load s | weights from (gpu/host/disk/net) | TP>1 on best GPU set | "
+        "placed where it does not fit | GPU conflicts | FailedScheduling events | phase wall s |",
+        "|" + "---|" * 17,
+    ]
+    for r in results:
+        p = r.placement
+        t = p["tiers"]
+        tiers = "/".join(str(t.get(k, 0)) for k in ("gpu", "host-memory", "local-disk", "network"))
+        share = 100 * p["tp best"] / p["tp total"] if p["tp total"] else float("nan")
+        lines.append(
+            f"| {r.profile} | {r.bound} / {r.pods} | {r.pending} | {r.create_s:.1f} | "
+            f"{fmt(r.first_bind_s)} | {fmt(r.last_bind_s)} | {fmt(r.drain_rate)} | "
+            f"{fmt(r.rate_from_origin)} | {fmt(p['ready mean'])} | {fmt(p['ready p95'])} | "
+            f"{fmt(p['load mean'])} | {tiers} | {fmt(share)} % ({p['tp best']}/{p['tp total']}) "
+            f"| {p['misfit']} | {p['conflicts']} | {r.failed_events} | {r.wall_s:.0f} |"
+        )
+    common = sorted(set(default.placement["per pod"]) & set(kv.placement["per pod"]))
+    if common:
+        d_ready = statistics.fmean(default.placement["per pod"][n][0] for n in common)
+        k_ready = statistics.fmean(kv.placement["per pod"][n][0] for n in common)
+        d_load = statistics.fmean(default.placement["per pod"][n][1] for n in common)
+        k_load = statistics.fmean(kv.placement["per pod"][n][1] for n in common)
+        common_line = (
+            f"Same pods under both profiles ({len(common)} pods placed where they fit by both): "
+            f"mean ready {d_ready:.1f} s default vs {k_ready:.1f} s kvsched "
+            f"({d_ready / k_ready:.2f}x); mean weight load {d_load:.1f} s vs {k_load:.1f} s "
+            f"({d_load / k_load if k_load else float('inf'):.2f}x lower with kvsched).  "
+        )
+    else:
+        common_line = "No pod was placed where it fits by both profiles.  "
+    verdict = (
+        f"**met** ({ratio:.2f}x, {ratio / TARGET_RATIO:.1f}x the 0.5x floor)"
+        if met
+        else f"**missed** ({ratio:.2f}x, {100 * (TARGET_RATIO - ratio) / TARGET_RATIO:.0f}% "
+        "below the 0.5x floor)"
+    )
+    lines += [
+        "",
+        f"Throughput kvsched / default: {fmt(ratio, 2)}x (drain), {fmt(ratio_origin, 2)}x "
+        f"(from {default.origin}). Target >= {TARGET_RATIO}x: {verdict}.",
+        "",
+        common_line,
+        "Scheduler log (warnings/errors matching): "
+        + "; ".join(
+            f"{r.profile}: " + ", ".join(f"{k} {v}" for k, v in r.log_notes.items())
+            for r in results
+        )
+        + ".  ",
+    ]
+    if kv.extender:
+        e = kv.extender
+        lines.append(
+            "Extender (its /metrics): "
+            + ", ".join(
+                f"{verb} {e.get(f'{verb} calls', 0):.0f} calls, mean "
+                f"{fmt(e.get(f'{verb} mean ms', float('nan')), 2)} ms"
+                for verb in ("filter", "prioritize", "bind")
+            )
+            + f", {e.get('errors', 0):.0f} errors.  "
+        )
+    lines += [
+        f"Total wall time {total_wall:.0f} s.",
+        "",
+        "How the placement columns are computed: each profile's binds are replayed in bind "
+        "order through the placement core (`scheduler.core.placement.evaluate`) on node states "
+        "built from the same Node, NodeInventory and running-pod objects, with the pods bound "
+        "before holding their GPUs. Ready = engine init 30 s + weight bytes / bandwidth of the "
+        "best tier holding the weights on that node (network when none); residency as at setup "
+        "(the benchmark pods' own loads are not added). GPUs taken: kvsched's "
+        "`kvsched.io/assigned-gpus`; default profile: the lowest free indices (the NVIDIA "
+        "device plugin without a preferred-allocation policy; with its best-effort policy the "
+        "default's GPU-set share would be higher). 'Best GPU set' = the best set of the node's "
+        "free GPUs at that moment (same quality counts). 'Placed where it does not fit' = "
+        "bound to a node whose GPUs cannot hold weights + KV budget (the engine would fail to "
+        "load); those pods are left out of the ready times. 'GPU conflicts' = a chosen GPU "
+        "already held in the replay (should be 0).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument(
+        "--pods",
+        type=int,
+        default=2000,
+        help="at the default TP mix 2000 pods ask ~4,500 of the ~5,700 GPUs 1000 nodes have free",
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--inventory-share", type=float, default=0.8)
+    parser.add_argument(
+        "--tp-mix",
+        type=parse_mix,
+        default=TP_WEIGHTS,
+        help="TP sizes and their weights, e.g. 1=55,2=25,4=12,8=8 (the default)",
+    )
+    parser.add_argument("--arrival", choices=("backlog", "stream"), default="backlog")
+    parser.add_argument("--workers", type=int, default=8, help="client threads creating objects")
+    parser.add_argument("--qps", type=float, default=1000.0)
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per phase")
+    parser.add_argument(
+        "--settle", type=float, default=20.0, help="end a phase after this long without a bind"
+    )
+    parser.add_argument("--out-md", type=Path, help="write the markdown section here too")
+    parser.add_argument("--work", help="state folder (default: a new temp dir, removed after)")
+    args = parser.parse_args(argv)
+
+    wall0 = time.monotonic()
+    machine = machine_notes()
+    keep = args.work is not None
+    work = Path(args.work or tempfile.mkdtemp(prefix="kvsched-bench-sched-"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.work = str(work)
+    catalog = Catalog.builtin()
+    try:
+        plane = ControlPlane.start(work / "controlplane")
+    except ControlPlaneUnavailable as exc:
+        print(f"bench-scheduler: control plane unavailable: {exc}", file=sys.stderr)
+        return 2
+    extender: Extender | None = None
+    try:
+        t0 = time.monotonic()
+        applied = kubectl(plane, "apply", "--server-side", "-f", str(CRD))
+        if applied.returncode != 0:
+            raise RuntimeError(applied.stderr)
+        waited = kubectl(
+            plane,
+            "wait",
+            "--for=condition=Established",
+            "crd/nodeinventories.kvsched.io",
+            "--timeout=60s",
+        )
+        if waited.returncode != 0:
+            raise RuntimeError(waited.stderr)
+        api = Api(plane)
+        api.call(
+            "POST",
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+        )
+        objects = pool_objects(args.nodes, args.seed, args.inventory_share)
+        create_pool(api, objects, args.workers)
+        pods = workload(args.pods, args.seed, catalog, args.tp_mix)
+        initial = initial_states(objects, catalog)
+        busy = sum(8 - len(s.free_gpus) for s in initial.values())
+        tp_counts = Counter(gpus_of(p) for p in pods)
+        setup = {
+            "nodes": args.nodes,
+            "inventories": len(objects["NodeInventory"]),
+            "running": len(objects["Pod"]),
+            "busy_gpus": busy,
+            "free_gpus": sum(len(s.free_gpus) for s in initial.values()),
+            "pod_gpus": sum(gpus_of(p) for p in pods),
+            "tp_mix": " / ".join(f"{tp}: {tp_counts[tp]}" for tp in sorted(tp_counts)),
+            "models": len({p["metadata"]["annotations"]["kvsched.io/model"] for p in pods}),
+            "setup_s": time.monotonic() - t0,
+        }
+        log(f"pool ready in {setup['setup_s']:.1f}s: {setup}")
+        by_name = {p["metadata"]["name"]: p for p in pods}
+
+        default = run_phase(
+            plane,
+            api,
+            "default",
+            pods,
+            default_config(plane, work, args.qps, args.burst),
+            args,
+            None,
+        )
+        log(f"default: {default.bound}/{default.pods} bound, {fmt(default.drain_rate)} pods/s")
+        extender = Extender(plane.kubeconfig, work)
+        extender.start()
+        config = kvsched_config(plane, extender.url, work, args.qps, args.burst)
+        kv = run_phase(plane, api, "kvsched", pods, config, args, extender)
+        log(f"kvsched: {kv.bound}/{kv.pods} bound, {fmt(kv.drain_rate)} pods/s")
+        extender.stop()
+        extender = None
+        for result in (default, kv):
+            result.placement = replay(result, by_name, initial, catalog)
+        text = report(args, (default, kv), setup, machine, plane.bin_dir, time.monotonic() - wall0)
+    finally:
+        if extender is not None:
+            extender.stop()
+        plane.stop()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(text)
+    if args.out_md:
+        args.out_md.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""Replay a trace against one placement policy.
+
+The simulated cluster is a :class:`~scheduler.state.store.ClusterStore` in offline mode (an
+``InMemoryBinder``, a simulated clock), fed what the watches would feed the extender:
+
+* the pool's Node objects once;
+* each pod when it arrives (pending, no node), and bound and ``Running`` once placed, with
+  its ``kvsched.io/assigned-gpus`` as the bind wrote it; deleted when its replica departs;
+* one NodeInventory per node whose ``status.modelCache`` is what the inventory controller
+  would write: the controller's own :class:`~scheduler.controller.residency.ResidencyTracker`
+  fed the same pod events at simulated times, read with ``learned()`` (GPU-resident while a
+  pod of the model runs there, host page cache for ``host_memory_ttl_s`` after the last one
+  stopped, then local disk; least recently used models evicted beyond the node's cache
+  capacity, the ``kvsched.io/model-cache-bytes`` label).
+
+Every policy gets its own store and tracker, so the caches evolve with that policy's own
+placements. A replica that cannot be placed (entirely, for kvsched's gangs; pod by pod for the
+baselines) stays pending and is tried again after every later event that freed GPUs (nothing
+else can make a pod fit), until it is placed or its replica departs.
+
+Per placed pod the simulator records the core's cold-start estimate (engine init + weights /
+bandwidth of the tier the weights were in on that node just before the pod started), whether
+the chosen GPU set is as good as the best set among that node's free GPUs at that moment
+(:func:`topology.select.best_gpu_set`), and how long the pod waited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from scheduler.controller.residency import ResidencySettings, ResidencyTracker
+from scheduler.core.assignment import GpuAssignment
+from scheduler.core.demand import A_ASSIGNED_GPUS, PodDemand
+from scheduler.core.node import NodeState, Tier
+from scheduler.core.placement import DEFAULT_SCORING, ScoringConfig, evaluate
+from scheduler.models.catalog import Catalog
+from scheduler.simulate.trace import Event, PodSpec, SimNode, Trace
+from scheduler.state.store import ClusterStore, InMemoryBinder
+from topology.select import best_gpu_set, score_gpu_set
+
+EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+GPUS_PER_NODE = 8
+QUALITY_EPS = 1e-9
+
+
+@dataclass
+class PodOutcome:
+    """What happened to one pod of the trace under one policy."""
+
+    name: str
+    replica: str
+    gpus: int
+    model: str
+    gang: str | None
+    arrived: float
+    placed: float | None = None
+    departed: float | None = None
+    node: str | None = None
+    gpu_ids: tuple[int, ...] = ()
+    ready_s: float | None = None
+    load_s: float | None = None
+    tier: str | None = None
+    best_set: bool | None = None  # None for single-GPU pods (every lone GPU is alike)
+    best_tier: str | None = None  # the fastest tier on any node where the pod fit then
+
+    def pending_s(self, end: float) -> float:
+        """How long the pod waited to be placed (until placement, departure or `end`)."""
+        until = self.placed
+        if until is None:
+            until = self.departed if self.departed is not None else end
+        return max(0.0, until - self.arrived)
+
+
+@dataclass
+class Sample:
+    """The pool after an event: GPUs in use, free, and free but stranded (on nodes with
+    fewer than 8 free, so no 8-GPU pod could use them)."""
+
+    time: float
+    used: int
+    free: int
+    stranded: int
+
+
+@dataclass
+class GangSpan:
+    """A gang's partially placed periods: seconds during which some but not all members
+    held GPUs."""
+
+    size: int
+    partial_since: float | None = None  # start of the current partial stretch
+    partial_s: float = 0.0
+    partial_gpu_s: float = 0.0  # GPU-seconds held by members of the incomplete gang
+    ever_partial: bool = False
+    _mark: float = 0.0
+    _held: int = 0
+
+    def update(self, now: float, placed: int, held_gpus: int) -> None:
+        """The gang has `placed` members holding `held_gpus` GPUs as of `now`."""
+        if self.partial_since is not None:
+            self.partial_s += now - self._mark
+            self.partial_gpu_s += self._held * (now - self._mark)
+        if 0 < placed < self.size:
+            self.ever_partial = True
+            if self.partial_since is None:
+                self.partial_since = now
+            self._mark, self._held = now, held_gpus
+        else:
+            self.partial_since = None
+
+
+@dataclass
+class RunResult:
+    policy: str
+    duration_s: float
+    total_gpus: int
+    pods: list[PodOutcome]
+    samples: list[Sample]
+    gangs: dict[str, GangSpan]
+    wall_s: float = 0.0
+    evictions: int = 0
+
+
+class Policy(Protocol):
+    """Places pods on a :class:`SimCluster`; see scheduler.simulate.policies."""
+
+    name: str
+
+    def place(self, sim: SimCluster, pods: Sequence[PodSpec]) -> None:
+        """Try to place the replica's unplaced `pods`, committing each through
+        :meth:`SimCluster.commit`; what stays unplaced stays pending."""
+        ...
+
+
+@dataclass
+class _Replica:
+    name: str
+    pods: list[PodSpec]
+    placed: set[str] = field(default_factory=set)
+
+    def unplaced(self) -> list[PodSpec]:
+        return [p for p in self.pods if p.name not in self.placed]
+
+
+class SimCluster:
+    """One policy's view of the simulated cluster: store, residency tracker, clock."""
+
+    def __init__(
+        self,
+        trace: Trace,
+        catalog: Catalog,
+        policy_name: str,
+        scoring: ScoringConfig = DEFAULT_SCORING,
+        residency: ResidencySettings | None = None,
+    ) -> None:
+        self.trace = trace
+        self.catalog = catalog
+        self.scoring = scoring
+        self.now = 0.0
+        # kube-scheduler picks at random among equally scored nodes; seeded per policy.
+        self.rng = random.Random(f"{trace.config.seed}:{policy_name}")
+        self.store = ClusterStore(
+            catalog, scoring, binder=InMemoryBinder(), clock=self.clock, gang_ttl_s=300.0
+        )
+        self.tracker = ResidencyTracker(catalog, residency)
+        self.nodes: dict[str, SimNode] = {n.name: n for n in trace.nodes}
+        self.node_names = [n.name for n in trace.nodes]
+        self.used: dict[str, int] = dict.fromkeys(self.node_names, 0)
+        self._expiry: dict[str, float] = {}
+        self.outcomes: dict[str, PodOutcome] = {}
+        self._pod_objects: dict[str, dict[str, Any]] = {}
+        self.store.replace_kind("NodeInventory", [], rebuild=False)
+        self.store.replace_kind("Pod", [], rebuild=False)
+        self.store.replace_kind("Node", [n.object() for n in trace.nodes])
+        self.store.synced = True
+        self._seed_caches()
+
+    # ---- time ---------------------------------------------------------------------------
+
+    def clock(self) -> dt.datetime:
+        return EPOCH + dt.timedelta(seconds=self.now)
+
+    def advance(self, t: float) -> None:
+        """Move the clock; nodes whose cached models changed tier meanwhile are refreshed."""
+        self.now = max(self.now, t)
+        due = [n for n, when in self._expiry.items() if when <= self.now]
+        for name in due:
+            self.refresh(name)
+
+    # ---- residency ----------------------------------------------------------------------
+
+    def _seed_caches(self) -> None:
+        """The trace's initial caches, as the controller would have learned them: a pod of
+        the model ran on the node and stopped long ago (past the page-cache window)."""
+        ttl = self.tracker.settings.host_memory_ttl_s
+        for node, copies in self.trace.initial_cache.items():
+            for i, copy in enumerate(copies):
+                pod = _bound_object(
+                    {
+                        "metadata": {
+                            "name": f"warm-{node}-{i}",
+                            "namespace": "warmup",
+                            "uid": f"uid-warm-{node}-{i}",
+                            "annotations": {
+                                "kvsched.io/model": copy.model,
+                                "kvsched.io/weights-bytes": str(copy.size_bytes),
+                            },
+                        },
+                        "spec": {"containers": []},
+                    },
+                    node,
+                    (),
+                )
+                started = EPOCH - dt.timedelta(seconds=2 * ttl + 3600 + i)
+                self.tracker.observe_pod(pod, started)
+                self.tracker.forget_pod(f"uid-warm-{node}-{i}", started + dt.timedelta(hours=1))
+            self.refresh(node)
+
+    def refresh(self, node: str) -> None:
+        """Publish the tracker's picture of `node` as its NodeInventory (model cache only:
+        the topology comes from the node's GFD labels, allocations from the pods)."""
+        capacity = self.nodes[node].cache_bytes
+        models, _ = self.tracker.learned(node, self.clock(), capacity)
+        ttl = self.tracker.settings.host_memory_ttl_s
+        expiries = [
+            (m.last_used - EPOCH).total_seconds() + ttl
+            for m in models
+            if m.tier == "host-memory" and m.last_used is not None
+        ]
+        if expiries:
+            self._expiry[node] = min(expiries)
+        else:
+            self._expiry.pop(node, None)
+        self.store.upsert_inventory(
+            {
+                "apiVersion": "kvsched.io/v1alpha1",
+                "kind": "NodeInventory",
+                "metadata": {"name": node},
+                "status": {
+                    "source": "controller",
+                    "modelCache": {
+                        "capacityBytes": capacity,
+                        "models": [m.to_dict() for m in models],
+                    },
+                },
+            }
+        )
+
+    # ---- pods ---------------------------------------------------------------------------
+
+    def node_state(self, name: str) -> NodeState:
+        state = self.store.node(name)
+        assert state is not None, name
+        return state
+
+    def arrive(self, pod: PodSpec) -> None:
+        obj = pod.object()
+        self._pod_objects[pod.name] = obj
+        self.store.upsert_pod(obj)
+
+    def pod_object(self, pod: PodSpec) -> dict[str, Any]:
+        return self._pod_objects[pod.name]
+
+    def commit(self, pod: PodSpec, demand: PodDemand, node: str, gpus: Sequence[int]) -> None:
+        """Record that `pod` runs on `node` with GPUs `gpus` (the bind happened)."""
+        state = self.node_state(node)
+        busy = set(gpus) - state.usable_free_gpus
+        outcome = self.outcomes[pod.name]
+        # A kvsched bind has already taken the GPUs in the store (assumed pod): they are the
+        # pod's own; anything else busy is a policy bug.
+        record = self.store.pod(pod.uid)
+        if busy and (record is None or record.node != node):
+            raise AssertionError(f"{pod.name}: GPUs {sorted(busy)} on {node} are not free")
+        cold = _cold_start(demand, state, self.scoring)
+        outcome.best_tier = self._best_tier(demand, node)
+        bound = _bound_object(self._pod_objects[pod.name], node, tuple(gpus))
+        self.store.upsert_pod(bound)
+        after = self.node_state(node)
+        free_before = after.usable_free_gpus | frozenset(gpus)
+        outcome.placed = self.now
+        outcome.node = node
+        outcome.gpu_ids = tuple(sorted(gpus))
+        if cold is not None:
+            outcome.ready_s, outcome.load_s, outcome.tier = cold
+        if len(gpus) > 1 and after.topology is not None:
+            best = best_gpu_set(after.topology.layout, free_before, len(gpus))
+            chosen = score_gpu_set(after.topology.layout, gpus)
+            outcome.best_set = best is None or chosen.quality >= best.quality - QUALITY_EPS
+        self.used[node] += len(gpus)
+        self.tracker.observe_pod(bound, self.clock())
+        self.refresh(node)
+
+    def _best_tier(self, demand: PodDemand, chosen: str) -> str | None:
+        if demand.model is None:
+            return None
+        evaluations = self.store.evaluations(demand, self.node_names)
+        best = Tier.NETWORK
+        for name, evaluation in zip(self.node_names, evaluations, strict=True):
+            if evaluation.fits or name == chosen:
+                copy = self.node_state(name).residency(demand.model, demand.revision)
+                if copy is not None and copy.tier > best:
+                    best = copy.tier
+        return best.label
+
+    def remove(self, pod: PodSpec) -> None:
+        """The pod was deleted (its replica departed), placed or not."""
+        outcome = self.outcomes[pod.name]
+        outcome.departed = self.now
+        self.store.delete_pod(pod.uid)
+        self._pod_objects.pop(pod.name, None)
+        if outcome.node is not None:
+            self.used[outcome.node] -= outcome.gpus
+            self.tracker.forget_pod(pod.uid, self.clock())
+            self.refresh(outcome.node)
+
+    def sample(self) -> Sample:
+        free = [GPUS_PER_NODE - u for u in self.used.values()]
+        return Sample(
+            self.now,
+            sum(self.used.values()),
+            sum(free),
+            sum(f for f in free if f < GPUS_PER_NODE),
+        )
+
+
+def _cold_start(
+    demand: PodDemand, state: NodeState, config: ScoringConfig
+) -> tuple[float, float, str] | None:
+    """The core's cold-start estimate on `state` (fit aside: the pod is being placed)."""
+    if state.topology is None:
+        return None
+    everything_free = dataclasses.replace(
+        state, free_gpus=frozenset(range(state.topology.gpu_count)), unindexed_busy=0
+    )
+    evaluation = evaluate(demand, everything_free, config)
+    cold = evaluation.cold_start
+    if cold is None:
+        return None
+    return cold.ready_seconds, cold.load_seconds, Tier(cold.tier).label
+
+
+def _bound_object(pod: Mapping[str, Any], node: str, gpus: tuple[int, ...]) -> dict[str, Any]:
+    """The pod as the watch shows it after the bind: on `node`, GPUs recorded, Running."""
+    meta = dict(pod["metadata"])
+    annotations = dict(meta.get("annotations") or {})
+    if gpus:
+        annotations[A_ASSIGNED_GPUS] = GpuAssignment(node, gpus).encode()
+    meta["annotations"] = annotations
+    spec = dict(pod.get("spec") or {})
+    spec["nodeName"] = node
+    return {**pod, "metadata": meta, "spec": spec, "status": {"phase": "Running"}}
+
+
+def run_policy(
+    trace: Trace,
+    policy: Policy,
+    catalog: Catalog | None = None,
+    scoring: ScoringConfig = DEFAULT_SCORING,
+    clock: Callable[[], float] | None = None,
+) -> RunResult:
+    """Replay `trace` under `policy`."""
+    import time
+
+    timer = clock or time.perf_counter
+    started = timer()
+    catalog = catalog if catalog is not None else Catalog.builtin()
+    sim = SimCluster(trace, catalog, policy.name, scoring)
+    pending: dict[str, _Replica] = {}
+    replicas: dict[str, _Replica] = {}
+    gangs: dict[str, GangSpan] = {}
+    samples = [sim.sample()]
+
+    def attempt(replica: _Replica) -> None:
+        todo = replica.unplaced()
+        if todo:
+            policy.place(sim, todo)
+            for pod in todo:
+                if sim.outcomes[pod.name].placed is not None:
+                    replica.placed.add(pod.name)
+        if not replica.unplaced():
+            pending.pop(replica.name, None)
+        else:
+            pending[replica.name] = replica
+
+    def track_gang(replica: _Replica) -> None:
+        span = gangs.get(replica.name)
+        if span is not None:
+            held = sum(p.gpus for p in replica.pods if p.name in replica.placed)
+            span.update(sim.now, len(replica.placed), held)
+
+    for event in trace.events:
+        sim.advance(event.time)
+        if event.kind == "arrive":
+            replica = _Replica(event.replica, list(event.pods))
+            replicas[replica.name] = replica
+            for pod in event.pods:
+                sim.outcomes[pod.name] = PodOutcome(
+                    pod.name, pod.replica, pod.gpus, pod.model, pod.gang, sim.now
+                )
+                sim.arrive(pod)
+            if event.pods[0].gang is not None:
+                gangs[replica.name] = GangSpan(len(event.pods))
+            attempt(replica)
+            track_gang(replica)
+        else:
+            _depart(sim, event, replicas, pending)
+            if event.replica in gangs:
+                track_gang(_Replica(event.replica, list(event.pods)))
+            for waiting in list(pending.values()):
+                attempt(waiting)
+                track_gang(waiting)
+        samples.append(sim.sample())
+    end = trace.duration_s
+    sim.advance(end)
+    for span in gangs.values():
+        span.update(end, 0, 0)
+    samples.append(sim.sample())
+    return RunResult(
+        policy=policy.name,
+        duration_s=end,
+        total_gpus=GPUS_PER_NODE * len(trace.nodes),
+        pods=list(sim.outcomes.values()),
+        samples=samples,
+        gangs=gangs,
+        wall_s=timer() - started,
+        evictions=sim.tracker.evictions,
+    )
+
+
+def _depart(
+    sim: SimCluster, event: Event, replicas: dict[str, _Replica], pending: dict[str, _Replica]
+) -> None:
+    replica = replicas.pop(event.replica, None)
+    pending.pop(event.replica, None)
+    if replica is None:
+        return
+    for pod in replica.pods:
+        sim.remove(pod)
+    replica.placed.clear()

@@ -1,0 +1,85 @@
+"""PNG plots of a simulation (matplotlib with the Agg backend; in the `dev` extra).
+
+* ``time_to_ready.png``: mean and p95 estimated time to ready per policy (bars);
+* ``time_to_ready_cdf.png``: the CDF of time to ready over placed pods, one line per policy;
+* ``fragmentation.png``: share of free GPUs stranded on nodes with fewer than 8 free, over
+  time, one line per policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from scheduler.simulate.engine import RunResult
+from scheduler.simulate.metrics import Metrics
+
+
+def write_plots(
+    results: Sequence[RunResult], metrics: Sequence[Metrics], folder: Path
+) -> list[Path]:
+    """Write the three PNGs into `folder` (created if needed); returns their paths."""
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - matplotlib is in the dev extra
+        raise RuntimeError(
+            "plots need matplotlib: pip install 'kvsched[dev]' (or matplotlib)"
+        ) from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [m.policy for m in metrics]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    positions = list(range(len(names)))
+    width = 0.38
+    ax.bar(
+        [p - width / 2 for p in positions], [m.mean_ready_s for m in metrics], width, label="mean"
+    )
+    ax.bar([p + width / 2 for p in positions], [m.p95_ready_s for m in metrics], width, label="p95")
+    ax.set_xticks(positions, names)
+    ax.set_ylabel("estimated time to ready (s)")
+    ax.set_title("Time to ready per policy")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(folder / "time_to_ready.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for result in results:
+        ready = sorted(p.ready_s for p in result.pods if p.ready_s is not None)
+        if ready:
+            ax.step(
+                ready,
+                [(i + 1) / len(ready) for i in range(len(ready))],
+                where="post",
+                label=result.policy,
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("estimated time to ready (s, log)")
+    ax.set_ylabel("share of placed pods")
+    ax.set_title("CDF of time to ready")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(folder / "time_to_ready_cdf.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for result in results:
+        times = [s.time / 3600.0 for s in result.samples]
+        shares = [s.stranded / s.free if s.free else 0.0 for s in result.samples]
+        ax.step(times, shares, where="post", label=result.policy, linewidth=0.9)
+    ax.set_xlabel("simulated time (h)")
+    ax.set_ylabel("free GPUs unusable by an 8-GPU pod")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("GPU fragmentation over time")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(folder / "fragmentation.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scheduler.cli import main
+
+
+def test_simulate_table_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plots = tmp_path / "img"
+    args = ["simulate", "--nodes", "8", "--duration", "3600", "--policies", "kvsched", "spread"]
+    assert main([*args, "--plots", str(plots)]) == 0
+    out = capsys.readouterr().out
+    assert "POLICY" in out and "kvsched" in out and "spread" in out
+    written = sorted(p.name for p in plots.glob("*.png"))
+    assert written == ["fragmentation.png", "time_to_ready.png", "time_to_ready_cdf.png"]
+    assert all((plots / name).stat().st_size > 1000 for name in written)
+
+
+def test_simulate_json(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["simulate", "--nodes", "6", "--duration", "1800", "--policies", "kvsched", "--json"]
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["trace"]["nodes"] == 6
+    assert [p["policy"] for p in data["policies"]] == ["kvsched"]
+    assert {"mean_ready_s", "p95_ready_s", "best_set_share", "partial_gangs"} <= set(
+        data["policies"][0]
+    )
