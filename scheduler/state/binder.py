@@ -1,8 +1,9 @@
-"""Cluster-mode bind: record the GPU choice on the pod, then create its pods/binding.
+"""Cluster-mode bind: one pods/binding write that also records the GPU choice on the pod.
 
-The annotation goes first: once the binding exists the kubelet may start the pod, and the
-assignment must already be durable (it is how a restarted extender rebuilds its GPU map). A
-pod annotated but never bound holds nothing: only bound pods count against a node.
+The binding carries the `kvsched.io/assigned-gpus` and `kvsched.io/placement` annotations,
+which the API server copies onto the pod as it binds it: the assignment is durable exactly
+when the binding is (it is how a restarted extender rebuilds its GPU map), with one API call
+per pod.
 """
 
 from __future__ import annotations
@@ -38,13 +39,7 @@ class ApiBinder:
         node = assignment.node
         annotations = {A_ASSIGNED_GPUS: assignment.encode(), A_PLACEMENT: placement}
         try:
-            self.api.annotate_pod(pod.namespace, pod.name, annotations)
-        except NotFoundError:
-            raise BindError(f"pod {pod.ref} no longer exists") from None
-        except KubeError as exc:
-            raise BindError(f"cannot record GPUs on pod {pod.ref}: {exc}") from None
-        try:
-            self.api.bind_pod(pod.namespace, pod.name, pod.uid, node)
+            self.api.bind_pod(pod.namespace, pod.name, pod.uid, node, annotations)
         except ConflictError:
             # A retry of a bind that went through (kube-scheduler retries on timeouts), or
             # someone else bound the pod: the pod itself says which.

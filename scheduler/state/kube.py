@@ -67,7 +67,12 @@ class ClusterApi(Protocol):
         """Merge `annotations` into the pod's; a None value removes that annotation."""
         ...
 
-    def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None: ...
+    def bind_pod(
+        self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str]
+    ) -> None:
+        """Create the pod's binding; the API server copies `annotations` onto the pod in the
+        same write."""
+        ...
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]: ...
 
@@ -211,13 +216,25 @@ class KubeApi:
         except TransportHTTPError as exc:
             raise KubeError(f"annotate pod {namespace}/{name}: {exc}") from None
 
-    def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None:
+    def bind_pod(
+        self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str]
+    ) -> None:
         # The UID makes the binding a precondition on this very pod: a pod deleted and
-        # recreated under the same name in between is not bound by mistake.
-        body = client.V1Binding(
-            metadata=client.V1ObjectMeta(name=name, namespace=namespace, uid=uid),
-            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
-        )
+        # recreated under the same name in between is not bound by mistake. The binding's
+        # annotations land on the pod in the same write (the API server's binding REST copies
+        # them), so the GPU record and the binding cannot come apart. A plain dict body: the
+        # generated model costs more CPU than the call itself.
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+                "annotations": dict(annotations),
+            },
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
         try:
             # Read raw: the client's deserialisation of this response is known to fail.
             self.core.create_namespaced_binding(

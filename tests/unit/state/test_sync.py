@@ -66,13 +66,16 @@ class FakeApi:
         meta = self.pods.setdefault((namespace, name), pod(name, namespace=namespace))["metadata"]
         meta["annotations"].update(annotations)
 
-    def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None:
+    def bind_pod(
+        self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str]
+    ) -> None:
         self.calls.append(("bind", f"{namespace}/{name}", uid, node))
         if self.bind_error:
             raise self.bind_error
-        self.pods.setdefault((namespace, name), pod(name, namespace=namespace))["spec"][
-            "nodeName"
-        ] = node
+        # As the API server does: bind, and copy the binding's annotations onto the pod.
+        obj = self.pods.setdefault((namespace, name), pod(name, namespace=namespace))
+        obj["spec"]["nodeName"] = node
+        obj["metadata"]["annotations"].update(annotations)
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         self.calls.append(("get", f"{namespace}/{name}"))
@@ -280,19 +283,18 @@ def test_binder_reports_a_conflict_on_another_node() -> None:
 
 
 @pytest.mark.parametrize(
-    ("annotate_error", "bind_error", "message"),
+    ("bind_error", "message"),
     [
-        (NotFoundError("gone", 404), None, "no longer exists"),
-        (KubeError("timeout"), None, "cannot record GPUs"),
-        (None, NotFoundError("gone", 404), "no longer exists"),
-        (None, KubeError("forbidden", 403), "failed"),
+        (NotFoundError("gone", 404), "no longer exists"),
+        (KubeError("forbidden", 403), "failed"),
+        (KubeError("timeout"), "failed"),
     ],
 )
 def test_binder_failures_become_bind_errors_and_record_nothing(
-    annotate_error: Exception | None, bind_error: Exception | None, message: str
+    bind_error: Exception, message: str
 ) -> None:
     api = FakeApi()
-    api.annotate_error, api.bind_error = annotate_error, bind_error
+    api.bind_error = bind_error
     store = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
     store.replace_kind("Node", [gpu_node("a")])
     store.filter(store.demand(pod("p", uid="u1", gpus=2)), ["a"])
