@@ -86,7 +86,9 @@ def score_table(
     the evaluations.
     """
     # Thousands of nodes, a handful of distinct evaluations: dedupe first, then look at them.
-    distinct = {key: e for key, e in {id(e): e for e in evaluations}.items() if e.fits}
+    evaluations = list(evaluations)
+    everything = dict(zip(map(id, evaluations), evaluations, strict=True))  # a C-level pass
+    distinct = {key: e for key, e in everything.items() if e.fits}
     ready_times = [e.ready_seconds for e in distinct.values() if e.ready_seconds is not None]
     fastest = min(ready_times) if ready_times else None
     raws: dict[int, tuple[float, dict[str, float]]] = {}

@@ -544,16 +544,26 @@ class ClusterStore:
             with self._lock:
                 self._expire_gangs()
         evaluations = self.evaluations(demand, names, extra)
-        passed = [name for name, e in zip(names, evaluations, strict=True) if e.fits]
-        if len(passed) == len(names):
-            return FilterResult(passed, {}, {})
+        passed: list[str] = []
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
-        rejections: Counter[str] = Counter()
+        keep = passed.append
         for name, e in zip(names, evaluations, strict=True):
-            if not e.fits:
-                (unresolvable if e.unresolvable else failed)[name] = e.reason
-                rejections[e.rejection] += 1
+            if e.fits:
+                keep(name)
+            elif e.unresolvable:
+                unresolvable[name] = e.reason
+            else:
+                failed[name] = e.reason
+        rejections: Counter[str] = Counter()
+        if failed or unresolvable:
+            # Equal evaluations share one object and one reason string: count reasons (in C)
+            # and map each to its evaluation's reason word, instead of a pass per node.
+            word = {e.reason: e.rejection for e in set(evaluations) if not e.fits}
+            for reason, count in (
+                Counter(failed.values()) + Counter(unresolvable.values())
+            ).items():
+                rejections[word[reason]] += count
         return FilterResult(passed, failed, unresolvable, rejections)
 
     def prioritize(
