@@ -29,12 +29,7 @@ class GpuAssignment:
     @classmethod
     def decode(cls, text: str) -> GpuAssignment:
         """Parse the annotation; ValueError with the reason when it is not one of ours."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not JSON: {exc.msg}") from None
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+        data = _json_object(text)
         node = data.get("node")
         indices = data.get("indices")
         uuids = data.get("uuids", [])
@@ -49,6 +44,16 @@ class GpuAssignment:
         if not isinstance(uuids, list) or not all(isinstance(u, str) for u in uuids):
             raise ValueError("'uuids' must be a list of strings")
         return cls(node, tuple(indices), tuple(uuids))
+
+
+def _json_object(text: str) -> dict[str, object]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
 
 
 def _int_list(value: object) -> bool:
@@ -90,12 +95,7 @@ class GpuReservation:
 
     @classmethod
     def decode(cls, text: str) -> GpuReservation:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not JSON: {exc.msg}") from None
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+        data = _json_object(text)
         gang, node, indices, expires = (data.get(k) for k in ("gang", "node", "indices", "expires"))
         if not isinstance(gang, str) or "/" not in gang:
             raise ValueError("'gang' must be namespace/name")
