@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from support.controlplane import ControlPlane
-from support.e2e import Cluster, Extender, SchedulerProcess
+from support.e2e import Cluster, Extender, SchedulerProcess, wait_until
+from support.stallproxy import StallProxy
 
 from topology.presets import PRESETS
 
@@ -62,3 +66,56 @@ def test_extender_killed_while_placing(cluster: Cluster, extender: Extender) -> 
         cluster.wait_bound(name, timeout=RESUME_WITHIN_S)
     held = [indices(cluster, n) for n in names]
     assert sum(len(h) for h in held) == len(set().union(*held)) == 8
+
+
+def test_stalled_watch_connections_are_abandoned_and_the_view_catches_up(
+    cluster: Cluster, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Every connection between the extender and the API server freezes (open, silent): the
+    client-side read timeout (watch timeout + 30 s) ends the watches, the informers list
+    again over new connections, and objects created meanwhile show up."""
+    api = urlparse(control_plane.server_url)
+    proxy = StallProxy(api.hostname or "127.0.0.1", api.port or 443)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        control_plane.kubeconfig.read_text().replace(
+            control_plane.server_url, f"https://127.0.0.1:{proxy.port}"
+        )
+    )
+    watch_timeout = 5
+    extender = Extender(kubeconfig, tmp_path, watch_timeout_s=watch_timeout)
+    try:
+        extender.start()
+        first = cluster.node("first")
+        wait_until(lambda: knows(extender, first), timeout=30, what="first node seen")
+        proxy.freeze()
+        stalled_at = time.monotonic()
+        second = cluster.node("second")
+        time.sleep(3)
+        assert not knows(extender, second)  # frozen: nothing arrives
+        proxy.thaw_new()
+        wait_until(
+            lambda: knows(extender, second),
+            timeout=watch_timeout + 30 + 45,
+            what="second node seen after the stall",
+        )
+        caught_up = time.monotonic() - stalled_at
+        print(f"view caught up {caught_up:.1f}s after the connections froze")
+    finally:
+        extender.stop()
+        proxy.close()
+
+
+def knows(extender: Extender, node: str) -> bool:
+    body = {
+        "Pod": {"metadata": {"name": "probe", "namespace": "e2e"}, "spec": {}},
+        "NodeNames": [node],
+    }
+    request = urllib.request.Request(
+        extender.url + "/explain",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        rows = json.loads(response.read())["nodes"]
+    return bool(rows) and "unknown to kvsched" not in rows[0]["reason"]

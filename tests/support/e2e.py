@@ -70,8 +70,9 @@ class ChildProcess:
 class Extender(ChildProcess):
     """`kvsched extender` in cluster mode as a child process; restartable."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_dir: Path, watch_timeout_s: int = 60) -> None:
         self.kubeconfig = kubeconfig
+        self.watch_timeout_s = watch_timeout_s
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
@@ -94,7 +95,7 @@ class Extender(ChildProcess):
                 "--log-format",
                 "text",
                 "--watch-timeout-seconds",
-                "60",
+                str(self.watch_timeout_s),
             ],
             cwd=REPO_ROOT,
             stdout=log,
