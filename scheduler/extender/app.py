@@ -40,6 +40,110 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 
 
+# OpenAPI documentation of the wire format. The handlers read raw bodies on purpose (embedded
+# core/v1 objects must never be rejected by validation), so FastAPI cannot derive these; they
+# only document, and open schemas (additionalProperties) keep unknown fields acceptable.
+_OBJECT_WITH_NAME: dict[str, Any] = {
+    "type": "object",
+    "required": ["metadata"],
+    "properties": {
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string", "minLength": 1}},
+        }
+    },
+}
+_EXTENDER_ARGS: dict[str, Any] = {
+    "title": "ExtenderArgs",
+    "type": "object",
+    "description": "k8s.io/kube-scheduler/extender/v1 ExtenderArgs: keys are Go field names, "
+    "matched case-insensitively. NodeNames (cache mode) or Nodes (full-Nodes mode).",
+    "required": ["Pod"],
+    "properties": {
+        "Pod": {**_OBJECT_WITH_NAME, "description": "a core/v1 Pod, accepted whole"},
+        "Nodes": {
+            "description": "a core/v1 NodeList (full-Nodes mode), or null",
+            "anyOf": [
+                {
+                    "type": "object",
+                    "required": ["items"],
+                    "properties": {"items": {"type": "array", "items": _OBJECT_WITH_NAME}},
+                },
+                {"type": "null"},
+            ],
+        },
+        "NodeNames": {
+            "description": "candidate node names (cache mode), or null",
+            "anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}],
+        },
+    },
+}
+_EXPLAIN_BODY: dict[str, Any] = {
+    "description": "ExtenderArgs, or a bare core/v1 Pod; naming no nodes means every node",
+    "anyOf": [_EXTENDER_ARGS, {**_OBJECT_WITH_NAME, "title": "Pod"}],
+}
+_BINDING_ARGS: dict[str, Any] = {
+    "title": "ExtenderBindingArgs",
+    "type": "object",
+    "required": ["PodName", "PodNamespace", "PodUID", "Node"],
+    "properties": {
+        key: {"type": "string", "minLength": 1}
+        for key in ("PodName", "PodNamespace", "PodUID", "Node")
+    },
+}
+_ERROR: dict[str, Any] = {
+    "title": "Error",
+    "type": "object",
+    "required": ["Error"],
+    "properties": {"Error": {"type": "string"}},
+}
+_STRING_MAP: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
+_FILTER_RESULT: dict[str, Any] = {
+    "title": "ExtenderFilterResult",
+    "type": "object",
+    "required": ["Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"],
+    "properties": {
+        "Nodes": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+        "NodeNames": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+        "FailedNodes": _STRING_MAP,
+        "FailedAndUnresolvableNodes": _STRING_MAP,
+        "Error": {"type": "string"},
+    },
+}
+_HOST_PRIORITY_LIST: dict[str, Any] = {
+    "title": "HostPriorityList",
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["Host", "Score"],
+        "properties": {"Host": {"type": "string"}, "Score": {"type": "integer"}},
+    },
+}
+_EXPLANATION: dict[str, Any] = {
+    "title": "Explanation",
+    "type": "object",
+    "required": ["pod", "gpus", "model", "error", "plan", "nodes"],
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _verb_openapi(body: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """openapi_extra of a POST verb: its JSON body and its answers."""
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": _json(result, "the verb's answer (kube-scheduler counts only 200)"),
+            "400": _json(_ERROR, "the body is not valid JSON or not a valid envelope"),
+            "413": _json(_ERROR, "the body exceeds the configured size limit"),
+            "500": _json(_ERROR, "an internal error (a bug), with its message"),
+        },
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class AppSettings:
     """HTTP-level settings of the extender app.
@@ -206,23 +310,29 @@ def create_app(
             "nodes": store.explain(demand, names, extra),
         }
 
-    @app.post("/filter")
+    @app.post("/filter", openapi_extra=_verb_openapi(_EXTENDER_ARGS, _FILTER_RESULT))
     async def filter_verb(request: Request) -> Response:
         return await run_verb("filter", request, do_filter)
 
-    @app.post("/prioritize")
+    @app.post("/prioritize", openapi_extra=_verb_openapi(_EXTENDER_ARGS, _HOST_PRIORITY_LIST))
     async def prioritize_verb(request: Request) -> Response:
         return await run_verb("prioritize", request, do_prioritize)
 
-    @app.post("/bind")
+    @app.post("/bind", openapi_extra=_verb_openapi(_BINDING_ARGS, _ERROR))
     async def bind_verb(request: Request) -> Response:
         return await run_verb("bind", request, do_bind, blocking=True)
 
-    @app.post("/explain")
+    @app.post("/explain", openapi_extra=_verb_openapi(_EXPLAIN_BODY, _EXPLANATION))
     async def explain_verb(request: Request) -> Response:
         return await run_verb("explain", request, do_explain)
 
-    @app.get("/explain/{namespace}/{name}")
+    @app.get(
+        "/explain/{namespace}/{name}",
+        responses={
+            200: _json(_EXPLANATION, "the stored pod's explanation"),
+            404: _json(_ERROR, "no such pod in the store"),
+        },
+    )
     async def explain_pod(namespace: str, name: str) -> Response:
         pod = store.pod_object(namespace, name)
         if pod is None:
@@ -233,13 +343,16 @@ def create_app(
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "the store has not synced yet"}})
     async def readyz() -> Response:
         if not store.synced:
             return json_response({"status": "not synced"}, 503)
         return json_response({"status": "ok", "nodes": len(store.node_names())})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        responses={200: {"description": "Prometheus text", "content": {CONTENT_TYPE_LATEST: {}}}},
+    )
     async def metrics_endpoint() -> Response:
         metrics.nodes.set(len(store.node_names()))
         metrics.synced.set(1 if store.synced else 0)
