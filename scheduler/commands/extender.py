@@ -12,7 +12,12 @@ import uvicorn
 
 from scheduler.commands.common import add_catalog_argument, fail, load_catalog
 from scheduler.core.placement import ScoringConfig
-from scheduler.extender.app import DEFAULT_MAX_BODY_BYTES, AppSettings, create_app
+from scheduler.extender.app import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    AppSettings,
+    create_app,
+)
 from scheduler.extender.metrics import ExtenderMetrics
 from scheduler.logs import configure_logging
 from scheduler.state.binder import ApiBinder
@@ -54,6 +59,12 @@ def register(subparsers: Any) -> None:
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
         help="reject larger requests with 413",
+    )
+    parser.add_argument(
+        "--request-body-timeout-seconds",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT_S,
+        help="answer 408 when a request body has not fully arrived by then",
     )
     parser.add_argument(
         "--score-weight",
@@ -148,7 +159,10 @@ def run(args: argparse.Namespace) -> int:
         background = ClusterSync(
             api, store, SyncSettings(watch_timeout_s=args.watch_timeout_seconds), metrics
         )
-    app = create_app(store, AppSettings(max_body_bytes=args.max_body_bytes), metrics, background)
+    settings = AppSettings(
+        max_body_bytes=args.max_body_bytes, body_timeout_s=args.request_body_timeout_seconds
+    )
+    app = create_app(store, settings, metrics, background)
     uvicorn.run(
         app,
         host=args.host,

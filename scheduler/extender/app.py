@@ -8,6 +8,7 @@ the configured limit is a 413.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -38,6 +39,7 @@ from scheduler.state.store import BindError, ClusterStore
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
+DEFAULT_BODY_TIMEOUT_S = 10.0
 
 
 # OpenAPI documentation of the wire format. The handlers read raw bodies on purpose (embedded
@@ -138,6 +140,7 @@ def _verb_openapi(body: dict[str, Any], result: dict[str, Any]) -> dict[str, Any
         "responses": {
             "200": _json(result, "the verb's answer (kube-scheduler counts only 200)"),
             "400": _json(_ERROR, "the body is not valid JSON or not a valid envelope"),
+            "408": _json(_ERROR, "the body did not fully arrive within the time limit"),
             "413": _json(_ERROR, "the body exceeds the configured size limit"),
             "500": _json(_ERROR, "an internal error (a bug), with its message"),
         },
@@ -150,9 +153,12 @@ class AppSettings:
 
     max_body_bytes: larger requests get 413. A 5,000-node full-Nodes request with managedFields
     is tens of MB; cache mode (node names only) stays far below.
+    body_timeout_s: a request whose body has not fully arrived by then gets 408, so a slow or
+    stuck caller cannot hold the extender (kube-scheduler's own httpTimeout is 5 s).
     """
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
 
 class Background(Protocol):
@@ -174,7 +180,15 @@ def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise RequestBodyError(408, f"request body not received within {timeout_s:g} s") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestBodyError(
@@ -225,7 +239,7 @@ def create_app(
     ) -> Response:
         started = time.perf_counter()
         try:
-            body = await read_body(request, settings.max_body_bytes)
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
             data = decode_json(body)
             # Bind waits on the API server (two writes): off the event loop, so that the
             # scheduler's next filter is not queued behind it.

@@ -1,0 +1,51 @@
+"""A caller that announces a body and never finishes sending it gets 408 in bounded time
+(and the extender keeps answering everyone else meanwhile)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+from support.k8s import gpu_node
+
+from scheduler.demo.run import free_port, running_server
+
+
+def test_stuck_body_gets_408_while_others_are_served(tmp_path: Path) -> None:
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump({"kind": "Node", **gpu_node("a")}))
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "scheduler.cli",
+        "extender",
+        "--cluster-file",
+        str(cluster),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--request-body-timeout-seconds",
+        "1",
+    ]
+    with running_server(command, port) as url:
+        stuck = socket.create_connection(("127.0.0.1", port))
+        stuck.sendall(
+            b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"Pod":'
+        )
+        started = time.monotonic()
+        # Others are answered while that body is pending.
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        stuck.settimeout(10)
+        answer = stuck.recv(4096).decode()
+        elapsed = time.monotonic() - started
+        stuck.close()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert "not received within 1 s" in answer
+    assert elapsed < 5
