@@ -690,11 +690,7 @@ class ClusterStore:
             raise BindError(
                 f"pod {namespace}/{name} no longer fits {node_name}: {evaluation.reason}"
             )
-        topology = entry.state.topology
-        uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
-        assignment = GpuAssignment(
-            node_name, evaluation.gpus, uuids_for(evaluation.gpus, uuid_by_index)
-        )
+        assignment = _assignment(node_name, entry.state, evaluation.gpus)
         record = PodRecord(
             uid=uid,
             namespace=namespace,
@@ -720,9 +716,7 @@ class ClusterStore:
         entry = self._entries.get(node_name)
         if entry is None:
             raise BindError(f"node {node_name} unknown to kvsched")
-        topology = entry.state.topology
-        uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
-        assignment = GpuAssignment(node_name, plan.indices, uuids_for(plan.indices, uuid_by_index))
+        assignment = _assignment(node_name, entry.state, plan.indices)
         record = PodRecord(
             uid=reserved.uid,
             namespace=reserved.namespace,
@@ -770,6 +764,13 @@ class ClusterStore:
                     row["score"] = score
         rows.sort(key=lambda r: (not r["fits"], -r["score"], -r["raw"], r["node"]))
         return rows
+
+
+def _assignment(node: str, state: NodeState, indices: tuple[int, ...]) -> GpuAssignment:
+    """The chosen GPUs with their UUIDs where the node's inventory knows them."""
+    topology = state.topology
+    uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
+    return GpuAssignment(node, indices, uuids_for(indices, uuid_by_index))
 
 
 def explain_row(name: str, evaluation: NodeEvaluation, scored: ScoredNode) -> dict[str, Any]:

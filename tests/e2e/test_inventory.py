@@ -34,14 +34,19 @@ def controllers(
         process.stop()
 
 
+def start_controller(
+    controllers: list[ControllerProcess], plane: ControlPlane, tmp: Path, identity: str
+) -> ControllerProcess:
+    process = ControllerProcess(plane.kubeconfig, tmp, identity, host_memory_ttl_seconds="3600")
+    process.start()
+    controllers.append(process)
+    return process
+
+
 def start_leader(
     controllers: list[ControllerProcess], plane: ControlPlane, tmp: Path
 ) -> ControllerProcess:
-    process = ControllerProcess(
-        plane.kubeconfig, tmp, f"c{len(controllers)}", host_memory_ttl_seconds="3600"
-    )
-    process.start()
-    controllers.append(process)
+    process = start_controller(controllers, plane, tmp, f"c{len(controllers)}")
     wait_until(process.leading, timeout=40, what=f"{process.identity} leading\n{process.log()}")
     return process
 
@@ -52,19 +57,11 @@ def test_running_pod_puts_its_model_on_the_node(
     node = cluster.node("gpu")
     start_leader(controllers, cluster.cp, tmp_path)
     cluster.run_pod("vllm", node, annotations={"kvsched.io/model": LLAMA_8B})
-    wait_until(
-        lambda: cluster.cached_models(node).get(LLAMA_8B) == "gpu",
-        timeout=30,
-        what="model recorded as GPU-resident",
-    )
+    cluster.wait_tier(node, LLAMA_8B, "gpu")
     inventory = cluster.get_inventory(node)
     assert inventory is not None and inventory["status"]["source"] == "controller"
     cluster.delete_pod("vllm")
-    wait_until(
-        lambda: cluster.cached_models(node).get(LLAMA_8B) == "host-memory",
-        timeout=30,
-        what="model in host memory after the pod ended",
-    )
+    cluster.wait_tier(node, LLAMA_8B, "host-memory")
 
 
 def test_least_recently_used_model_is_evicted_first(
@@ -75,17 +72,9 @@ def test_least_recently_used_model_is_evicted_first(
     start_leader(controllers, cluster.cp, tmp_path)
     for index, model in enumerate((LLAMA_8B, QWEN_7B, MISTRAL_7B)):
         pod = cluster.run_pod(f"m{index}", node, annotations={"kvsched.io/model": model})
-        wait_until(
-            lambda m=model: cluster.cached_models(node).get(m) == "gpu",
-            timeout=30,
-            what=f"{model} recorded",
-        )
+        cluster.wait_tier(node, model, "gpu")
         cluster.delete_pod(pod)
-        wait_until(
-            lambda m=model: cluster.cached_models(node).get(m) == "host-memory",
-            timeout=30,
-            what=f"{model} stopped",
-        )
+        cluster.wait_tier(node, model, "host-memory")
     assert set(cluster.cached_models(node)) == {QWEN_7B, MISTRAL_7B}
 
 
@@ -96,11 +85,7 @@ def test_one_leader_and_failover(
     tmp_path: Path,
 ) -> None:
     for identity in ("a", "b"):
-        process = ControllerProcess(
-            control_plane.kubeconfig, tmp_path, identity, host_memory_ttl_seconds="3600"
-        )
-        process.start()
-        controllers.append(process)
+        start_controller(controllers, control_plane, tmp_path, identity)
     leaders = wait_until(
         lambda: [c for c in controllers if c.leading()] or None, timeout=40, what="a leader"
     )
@@ -117,11 +102,7 @@ def test_one_leader_and_failover(
     # The new leader does the work.
     node = cluster.node("after-failover")
     cluster.run_pod("vllm", node, annotations={"kvsched.io/model": LLAMA_8B})
-    wait_until(
-        lambda: cluster.cached_models(node).get(LLAMA_8B) == "gpu",
-        timeout=30,
-        what="new leader records residency",
-    )
+    cluster.wait_tier(node, LLAMA_8B, "gpu")
 
 
 def test_agent_report_overrides_learned_residency(
@@ -130,15 +111,9 @@ def test_agent_report_overrides_learned_residency(
     node = cluster.node("agent")
     start_leader(controllers, cluster.cp, tmp_path)
     cluster.run_pod("old", node, annotations={"kvsched.io/model": QWEN_7B})
-    wait_until(
-        lambda: cluster.cached_models(node).get(QWEN_7B) == "gpu", timeout=30, what="learned"
-    )
+    cluster.wait_tier(node, QWEN_7B, "gpu")
     cluster.delete_pod("old")
-    wait_until(
-        lambda: cluster.cached_models(node).get(QWEN_7B) == "host-memory",
-        timeout=30,
-        what="learned host-memory",
-    )
+    cluster.wait_tier(node, QWEN_7B, "host-memory")
     # The node agent reports what is really on the disk: only Mistral.
     cluster.cp.request(
         "PATCH",
@@ -172,17 +147,9 @@ def test_following_pod_goes_to_the_node_the_controller_found_warm(
     cold, warm = cluster.node("cold"), cluster.node("warm")
     start_leader(controllers, cluster.cp, tmp_path)
     cluster.run_pod("first", warm, annotations={"kvsched.io/model": LLAMA_8B})
-    wait_until(
-        lambda: cluster.cached_models(warm).get(LLAMA_8B) == "gpu",
-        timeout=30,
-        what="first pod's model recorded",
-    )
+    cluster.wait_tier(warm, LLAMA_8B, "gpu")
     cluster.delete_pod("first")
-    wait_until(
-        lambda: cluster.cached_models(warm).get(LLAMA_8B) == "host-memory",
-        timeout=30,
-        what="host-memory after the first pod",
-    )
+    cluster.wait_tier(warm, LLAMA_8B, "host-memory")
     assert cluster.get_inventory(cold) is not None
     cluster.pod("second", annotations={"kvsched.io/model": LLAMA_8B})
     assert cluster.wait_bound("second")["spec"]["nodeName"] == warm

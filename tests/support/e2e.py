@@ -365,9 +365,7 @@ class Cluster:
     ) -> str:
         """A pending pod for `scheduler`; `gated` holds it back with a scheduling gate (see
         `ungate`), so that it exists (a gang member the planner counts) but is not scheduled."""
-        container: dict[str, Any] = {"name": "main", "image": "vllm/vllm-openai:v0.11.0"}
-        if gpus:
-            container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
+        container = _container(gpus)
         spec: dict[str, Any] = {
             "schedulerName": scheduler,
             "nodeSelector": {"e2e-test": self.test_id},
@@ -435,11 +433,7 @@ class Cluster:
     ) -> str:
         """A pod already on `node` (nodeName set at create, as a kubelet-era pod) and marked
         Running through the status subresource: what the controller learns residency from."""
-        container: dict[str, Any] = {
-            "name": "main",
-            "image": "vllm/vllm-openai:v0.11.0",
-            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
-        }
+        container = _container(gpus)
         self.cp.request(
             "POST",
             f"/api/v1/namespaces/{NAMESPACE}/pods",
@@ -470,6 +464,14 @@ class Cluster:
             return None
         return found
 
+    def wait_tier(self, node: str, model: str, tier: str, timeout: float = 30.0) -> None:
+        """Until the node's inventory lists `model` in `tier`."""
+        wait_until(
+            lambda: self.cached_models(node).get(model) == tier,
+            timeout=timeout,
+            what=f"{model} in {tier} on {node}: {self.cached_models(node)}",
+        )
+
     def cached_models(self, node: str) -> dict[str, str]:
         """model name -> tier, as the node's inventory says now."""
         inventory = self.get_inventory(node) or {}
@@ -490,6 +492,13 @@ class Cluster:
                 self.cp.request("DELETE", f"{INVENTORY_PATH}/{node}")
             with contextlib.suppress(ApiError):
                 self.cp.request("DELETE", f"/api/v1/nodes/{node}")
+
+
+def _container(gpus: int) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": "vllm/vllm-openai:v0.11.0"}
+    if gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
+    return container
 
 
 @contextlib.contextmanager
