@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 
 from scheduler.core.demand import PodDemand, parse_demand
 from scheduler.core.node import NodeState
@@ -33,6 +33,7 @@ from scheduler.extender.wire import (
     parse_binding_args,
     parse_extender_args,
 )
+from scheduler.state.kube import API_CONNECTIONS
 from scheduler.state.objects import node_state
 from scheduler.state.store import BindError, ClusterStore
 
@@ -234,6 +235,8 @@ def create_app(
     app.state.store = store
     app.state.metrics = metrics
 
+    bind_slots = anyio.CapacityLimiter(API_CONNECTIONS)
+
     async def run_verb(
         verb: str, request: Request, handle: Callable[[Any], Any], blocking: bool = False
     ) -> Response:
@@ -241,9 +244,13 @@ def create_app(
         try:
             body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
             data = decode_json(body)
-            # Bind waits on the API server (two writes): off the event loop, so that the
-            # scheduler's next filter is not queued behind it.
-            result = await run_in_threadpool(handle, data) if blocking else handle(data)
+            # Bind waits on the API server: off the event loop, so that the scheduler's next
+            # filter is not queued behind it. No more binds at once than pooled API
+            # connections: one more would open (and then close) a connection of its own.
+            if blocking:
+                result = await anyio.to_thread.run_sync(handle, data, limiter=bind_slots)
+            else:
+                result = handle(data)
             outcome, response = "ok", json_response(result)
         except RequestBodyError as exc:
             outcome, response = "bad_request", json_response({"Error": exc.message}, exc.status)

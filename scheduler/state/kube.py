@@ -24,6 +24,10 @@ INVENTORY_GROUP = "kvsched.io"
 INVENTORY_VERSION = "v1alpha1"
 INVENTORY_PLURAL = "nodeinventories"
 LIST_PAGE = 500
+# Connections kept open to the API server. At least as many as calls made at once (the
+# extender's concurrent binds, see scheduler/extender/app.py): a call that finds the pool empty
+# opens a new connection and pays a TLS handshake, and one returned to a full pool is closed.
+API_CONNECTIONS = 32
 
 
 class KubeError(Exception):
@@ -110,6 +114,17 @@ def _translate(exc: ApiException, what: str) -> KubeError:
     return KubeError(message, status)
 
 
+def _body(response: Any) -> bytes:
+    """The whole body of a raw (`_preload_content=False`) response, its connection handed back
+    to the pool. A response left unread keeps its connection out of the pool for good, and the
+    next call opens a new one (under load: one TLS handshake per bind)."""
+    try:
+        data: bytes = response.data or b""
+        return data
+    finally:
+        response.release_conn()
+
+
 class KubeApi:
     """ClusterApi over the official client. One instance per process; thread-safe for calls."""
 
@@ -123,13 +138,14 @@ class KubeApi:
     def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeApi:
         """In-cluster service account when running in a pod (and no kubeconfig is given),
         else the kubeconfig (`KUBECONFIG`, ~/.kube/config)."""
+        configuration = client.Configuration()
+        configuration.connection_pool_maxsize = API_CONNECTIONS
         if kubeconfig is None:
             try:
-                config.load_incluster_config()
-                return cls(client.ApiClient())
+                config.load_incluster_config(client_configuration=configuration)
+                return cls(client.ApiClient(configuration))
             except config.ConfigException:
                 pass
-        configuration = client.Configuration()
         config.load_kube_config(
             config_file=kubeconfig, context=context, client_configuration=configuration
         )
@@ -163,7 +179,7 @@ class KubeApi:
                 raise _translate(exc, f"list {kind}") from None
             except TransportHTTPError as exc:
                 raise KubeError(f"list {kind}: {exc}") from None
-            page = orjson.loads(response.data)
+            page = orjson.loads(_body(response))
             for item in page.get("items") or []:
                 item.setdefault("kind", kind)
                 items.append(item)
@@ -208,8 +224,10 @@ class KubeApi:
     ) -> None:
         body = {"metadata": {"annotations": dict(annotations)}}
         try:
-            self.core.patch_namespaced_pod(
-                name, namespace, body, _preload_content=False, _request_timeout=self.timeout
+            _body(
+                self.core.patch_namespaced_pod(
+                    name, namespace, body, _preload_content=False, _request_timeout=self.timeout
+                )
             )
         except ApiException as exc:
             raise _translate(exc, f"annotate pod {namespace}/{name}") from None
@@ -237,8 +255,10 @@ class KubeApi:
         }
         try:
             # Read raw: the client's deserialisation of this response is known to fail.
-            self.core.create_namespaced_binding(
-                namespace, body, _preload_content=False, _request_timeout=self.timeout
+            _body(
+                self.core.create_namespaced_binding(
+                    namespace, body, _preload_content=False, _request_timeout=self.timeout
+                )
             )
         except ApiException as exc:
             raise _translate(exc, f"bind pod {namespace}/{name} to {node}") from None
@@ -254,7 +274,7 @@ class KubeApi:
             raise _translate(exc, f"get pod {namespace}/{name}") from None
         except TransportHTTPError as exc:
             raise KubeError(f"get pod {namespace}/{name}: {exc}") from None
-        pod: dict[str, Any] = orjson.loads(getattr(response, "data", b"{}"))
+        pod: dict[str, Any] = orjson.loads(_body(response) or b"{}")
         return pod
 
     # ---- NodeInventory writes (controller, agent) --------------------------------------
@@ -273,7 +293,7 @@ class KubeApi:
             raise _translate(exc, what) from None
         except TransportHTTPError as exc:
             raise KubeError(f"{what}: {exc}") from None
-        obj: dict[str, Any] = orjson.loads(getattr(response, "data", b"{}") or b"{}")
+        obj: dict[str, Any] = orjson.loads(_body(response) or b"{}")
         return obj
 
     def get_inventory(self, name: str) -> dict[str, Any] | None:
