@@ -69,7 +69,9 @@ def parse_extender_args(data: Any, default_names: list[str] | None = None) -> Ex
     names = _get(data, "NodeNames")
     nodes = _get(data, "Nodes")
     if names is not None:
-        if not isinstance(names, list) or not all(type(n) is str for n in names):
+        # The type set is built in C; a generator over thousands of names was a tenth of
+        # the verb's time at 5,000 nodes.
+        if not isinstance(names, list) or not set(map(type, names)) <= {str}:
             raise WireError("'NodeNames' must be a list of strings or null")
         return ExtenderArgs(pod, names, None)
     if nodes is not None:
