@@ -416,6 +416,8 @@ class PhaseResult:
     log_notes: dict[str, int]
     extender: dict[str, float] = field(default_factory=dict)
     placement: dict[str, Any] = field(default_factory=dict)
+    # CPU seconds per process from the scheduler's start to the last bind (CpuMeter.between).
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
@@ -451,6 +453,87 @@ def scan_log(path: Path) -> dict[str, int]:
     return notes
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent not idle, over all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLOCK_TICKS
+
+
+@dataclass
+class CpuSample:
+    at: float  # time.monotonic()
+    by_process: dict[str, float]
+    machine: float
+
+
+class CpuMeter:
+    """Samples the CPU time of each process taking part in a phase, so that the report can
+    say where the CPU went per bound pod. The machine has few cores and every process shares
+    them: the throughput ratio is close to the ratio of CPU spent per pod."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self.samples: list[CpuSample] = []
+
+    def sample(self) -> None:
+        self.samples.append(
+            CpuSample(
+                time.monotonic(),
+                {name: process_cpu_s(pid) for name, pid in self.pids.items()},
+                machine_busy_s(),
+            )
+        )
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds per process (and `machine`, `window s`) from the last sample at or
+        before `start` to the first at or after `end`."""
+        before = [s for s in self.samples if s.at <= start] or self.samples[:1]
+        after = [s for s in self.samples if s.at >= end] or self.samples[-1:]
+        first, last = before[-1], after[0]
+        # A process started after the first sample (the phase's kube-scheduler) had used
+        # nothing before it.
+        used = {name: last.by_process[name] - first.by_process.get(name, 0.0) for name in self.pids}
+        used["machine"] = last.machine - first.machine
+        used["window s"] = last.at - first.at
+        return used
+
+
+def extender_pid(extender: Extender | None) -> dict[str, int]:
+    if extender is None or extender.process is None:
+        return {}
+    return {"kvsched extender": extender.process.pid}
+
+
+def phase_meter(
+    plane: ControlPlane, scheduler: subprocess.Popen[bytes], extender: Extender | None
+) -> CpuMeter:
+    meter = CpuMeter(
+        {**plane_pids(plane), "kube-scheduler": scheduler.pid, **extender_pid(extender)}
+    )
+    meter.sample()
+    return meter
+
+
+def plane_pids(plane: ControlPlane) -> dict[str, int]:
+    pids = {"benchmark client": os.getpid()}
+    for name in ("etcd", "kube-apiserver"):
+        with contextlib.suppress(OSError, ValueError):
+            pids[name] = int((plane.state_dir / f"{name}.pid").read_text().strip())
+    return pids
+
+
 def run_phase(
     plane: ControlPlane,
     api: Api,
@@ -477,6 +560,7 @@ def run_phase(
             t_sched = time.monotonic()
             scheduler = plane.start_scheduler(config)
             sched_start = time.monotonic() - t_sched
+            meter = phase_meter(plane, scheduler, extender)
             origin = time.monotonic()
             api.parallel(args.workers, calls)
             create_s = time.monotonic() - origin
@@ -485,8 +569,11 @@ def run_phase(
             api.parallel(args.workers, calls)
             create_s = time.monotonic() - t_create
             time.sleep(2.0)  # let the apiserver (and the extender's watches) settle
+            meter = CpuMeter({**plane_pids(plane), **extender_pid(extender)})
+            meter.sample()
             origin = time.monotonic()
             scheduler = plane.start_scheduler(config)
+            meter.pids["kube-scheduler"] = scheduler.pid
             sched_start = time.monotonic() - origin
         log(f"{profile}: {len(bodies)} pods created in {create_s:.1f}s; scheduler up")
         deadline = origin + args.timeout
@@ -501,6 +588,7 @@ def run_phase(
             if watch.error is not None:
                 raise RuntimeError(f"pod watch failed: {watch.error}")
             time.sleep(0.1)
+            meter.sample()
         extender_stats = extender_metrics(extender) if extender is not None else {}
     finally:
         watch.stop()
@@ -533,6 +621,7 @@ def run_phase(
         failed_events=sum(int(e.get("count") or 1) for e in events.get("items", [])),
         log_notes=notes,
         extender=extender_stats,
+        cpu=meter.between(origin, times[-1]) if times else {},
     )
     # Reset: delete this phase's pods and wait until they are gone.
     api.call(
@@ -676,6 +765,41 @@ def fmt(value: float, digits: int = 1) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+CPU_COLUMNS = ("etcd", "kube-apiserver", "kube-scheduler", "kvsched extender", "benchmark client")
+
+
+def cpu_table(results: Sequence[PhaseResult]) -> list[str]:
+    """CPU milliseconds per bound pod, per process, from the scheduler's start to the last
+    bind."""
+    lines = [
+        "",
+        "CPU per bound pod, from the scheduler's start to the last bind (ms of CPU time per "
+        "pod; /proc/PID/stat of each process; busy = the whole machine's non-idle time over "
+        "the window, in cores):",
+        "",
+        "| profile | " + " | ".join(CPU_COLUMNS) + " | all processes | busy cores |",
+        "|---|" + "---:|" * (len(CPU_COLUMNS) + 2),
+    ]
+    for r in results:
+        per_pod = {k: 1000 * v / max(r.bound, 1) for k, v in r.cpu.items()}
+        cells = [fmt(per_pod[c], 1) if c in per_pod else "-" for c in CPU_COLUMNS]
+        total = sum(per_pod.get(c, 0.0) for c in CPU_COLUMNS)
+        busy = r.cpu["machine"] / r.cpu["window s"] if r.cpu.get("window s") else float("nan")
+        lines.append(
+            f"| {r.profile} | " + " | ".join(cells) + f" | {fmt(total, 1)} | {fmt(busy, 2)} |"
+        )
+    default, kv = results
+    d_total = sum(1000 * default.cpu.get(c, 0.0) / max(default.bound, 1) for c in CPU_COLUMNS)
+    k_total = sum(1000 * kv.cpu.get(c, 0.0) / max(kv.bound, 1) for c in CPU_COLUMNS)
+    if k_total:
+        lines += [
+            "",
+            f"CPU per pod, default / kvsched: {fmt(d_total / k_total, 2)} (with every process "
+            f"on {os.cpu_count()} shared cores, the throughput ratio cannot beat this by much).",
+        ]
+    return lines
+
+
 def report(
     args: argparse.Namespace,
     results: Sequence[PhaseResult],
@@ -783,6 +907,8 @@ def report(
         )
         + ".  ",
     ]
+    if kv.cpu and default.cpu:
+        lines += cpu_table(results)
     if kv.extender:
         e = kv.extender
         lines.append(
