@@ -17,9 +17,11 @@ import contextlib
 import gc
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +75,93 @@ def timed_pair(client: httpx.Client, filter_body: bytes, pod: Any) -> tuple[floa
     return (middle - start) * 1000, (end - middle2) * 1000
 
 
+@dataclass
+class LoadSeries:
+    pair_ms: list[float]
+    bind_ms: list[float]
+    bound: int = 0
+    refused: int = 0  # bind answered with an Error (no room left, or lost a race)
+    no_fit: int = 0
+
+
+def load_client(
+    url: str, names: list[str], prefix: str, pods: int, start: threading.Barrier, out: LoadSeries
+) -> None:
+    """One scheduler's worth of traffic: filter, prioritize, bind on the best node, per pod."""
+    headers = {"content-type": "application/json"}
+    rng = random.Random(prefix)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        start.wait()
+        for i in range(pods):
+            pod = bench_pod()
+            pod["metadata"]["name"] = f"{prefix}-{i}"
+            pod["metadata"]["uid"] = f"uid-{prefix}-{i}"
+            t0 = time.perf_counter()
+            body = orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names})
+            passed = client.post("/filter", content=body, headers=headers).json()["NodeNames"]
+            scores = client.post(
+                "/prioritize",
+                content=orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": passed}),
+                headers=headers,
+            ).json()
+            t1 = time.perf_counter()
+            if not passed:
+                out.no_fit += 1
+                out.pair_ms.append((t1 - t0) * 1000)
+                continue
+            # Ties broken at random, as kube-scheduler's selectHost does.
+            top = max(s["Score"] for s in scores)
+            best = rng.choice([s["Host"] for s in scores if s["Score"] == top])
+            binding = {
+                "PodName": pod["metadata"]["name"],
+                "PodNamespace": pod["metadata"]["namespace"],
+                "PodUID": pod["metadata"]["uid"],
+                "Node": best,
+            }
+            answer = client.post("/bind", content=orjson.dumps(binding), headers=headers).json()
+            t2 = time.perf_counter()
+            out.pair_ms.append((t1 - t0) * 1000)
+            out.bind_ms.append((t2 - t1) * 1000)
+            if answer.get("Error"):
+                out.refused += 1
+            else:
+                out.bound += 1
+
+
+def run_load(
+    urls: dict[str, str], names: list[str], clients: int, pods: int, blocks: int
+) -> dict[str, LoadSeries]:
+    """`clients` concurrent schedulers against each server in turn, in `blocks` alternating
+    rounds (so that machine noise hits both alike); each client places `pods` pods in all."""
+    series = {label: LoadSeries([], []) for label in urls}
+    per_block = max(1, pods // blocks)
+    for block in range(blocks):
+        order = list(urls.items())
+        for label, url in order if block % 2 == 0 else reversed(order):
+            start = threading.Barrier(clients)
+            # One series per client (merged after): counters are not safe to share.
+            mine = [LoadSeries([], []) for _ in range(clients)]
+            threads = [
+                threading.Thread(
+                    target=load_client,
+                    args=(url, names, f"c{clients}-b{block}-k{k}", per_block, start, mine[k]),
+                )
+                for k in range(clients)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            total = series[label]
+            for one in mine:
+                total.pair_ms += one.pair_ms
+                total.bind_ms += one.bind_ms
+                total.bound += one.bound
+                total.refused += one.refused
+                total.no_fit += one.no_fit
+    return series
+
+
 def in_process_breakdown(cluster_file: Path, body: bytes, rounds: int) -> dict[str, float]:
     """Median ms of each step kvsched's filter+prioritize performs, without HTTP."""
     store = ClusterStore(Catalog.builtin())
@@ -97,7 +186,9 @@ def in_process_breakdown(cluster_file: Path, body: bytes, rounds: int) -> dict[s
     return {key: statistics.median(values) for key, values in steps.items()}
 
 
-def run_size(nodes: int, iterations: int, warmup: int) -> dict[str, Any]:
+def run_size(
+    nodes: int, iterations: int, warmup: int, load_plan: Sequence[tuple[int, int]]
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kvsched-bench-") as tmp:
         objects = synthetic_cluster(nodes)
         cluster_file = Path(tmp) / "cluster.json"
@@ -136,8 +227,15 @@ def run_size(nodes: int, iterations: int, warmup: int) -> dict[str, Any]:
                     f_ms, p_ms = timed_pair(client, filter_body, pod)
                     series.filter_ms.append(f_ms)
                     series.prioritize_ms.append(p_ms)
+            load = {
+                clients: run_load(
+                    {"kvsched": kv_url, "floor": floor_url}, names, clients, pods, blocks=4
+                )
+                for clients, pods in load_plan
+            }
         breakdown = in_process_breakdown(cluster_file, filter_body, min(iterations, 50))
     return {
+        "load": load,
         "nodes": nodes,
         "cold": cold,
         "kvsched": kv_series,
@@ -158,6 +256,55 @@ def machine_notes() -> str:
         f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}"
     )
+
+
+def render_load(results: list[dict[str, Any]]) -> list[str]:
+    if not any(r["load"] for r in results):
+        return []
+    lines = [
+        "### Under load: concurrent schedulers placing pods (filter, prioritize, bind)",
+        "",
+        "N client threads start together, each a scheduler placing its own pods one after",
+        "another: filter over every node, prioritize the passed ones, bind to the best. The",
+        "servers take turns in alternating rounds. kvsched binds in memory here (offline",
+        "mode: no API server), so the bind column is its own bookkeeping under contention; the",
+        "floor's bind only parses. 'pair' = filter + prioritize as one scheduler sees it while",
+        "the others are served (queueing included).",
+        "",
+        "| nodes | schedulers | server | pairs | pair p50 | pair p99 | bind p50 | bind p99 "
+        "| bound / refused / no fit | pair p99 ratio (target <= 1.5) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in results:
+        for clients, by_server in r["load"].items():
+            floor_p99 = percentile(by_server["floor"].pair_ms, 99)
+            for label in ("floor", "kvsched"):
+                s = by_server[label]
+                ratio = percentile(s.pair_ms, 99) / floor_p99
+                verdict = (
+                    f"{ratio:.2f} ({'met' if ratio <= TARGET_RATIO else 'MISSED'})"
+                    if label == "kvsched"
+                    else ""
+                )
+                binds = (
+                    f"{percentile(s.bind_ms, 50):.2f} ms | {percentile(s.bind_ms, 99):.2f} ms"
+                    if s.bind_ms
+                    else "- | -"
+                )
+                lines.append(
+                    f"| {r['nodes']:,} | {clients} | {label} | {len(s.pair_ms)} "
+                    f"| {percentile(s.pair_ms, 50):.2f} ms | {percentile(s.pair_ms, 99):.2f} ms "
+                    f"| {binds} | {s.bound} / {s.refused} / {s.no_fit} | {verdict} |"
+                )
+    lines += [
+        "",
+        "Correctness under the same kind of load (two schedulers racing for the same nodes,",
+        "no GPU assigned twice, the pool fills exactly) is asserted by",
+        "tests/api/test_load.py; against the real control plane, by the fault tests",
+        "(tests/e2e/test_faults.py).",
+        "",
+    ]
+    return lines
 
 
 def render(results: list[dict[str, Any]], command: str) -> str:
@@ -206,6 +353,7 @@ def render(results: list[dict[str, Any]], command: str) -> str:
         "",
         f"{results[0]['iterations']} measured pairs per server and size, after warm-up.",
         "",
+        *render_load(results),
         "### The first call for a new kind of pod (cold memo)",
         "",
         "kvsched memoises evaluations per (pod demand, node shape, residency tier); the first",
@@ -260,13 +408,23 @@ def main() -> int:
     parser.add_argument("--nodes", default="1000,5000", help="comma-separated cluster sizes")
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument(
+        "--load-clients",
+        default="2,8",
+        help="concurrent schedulers for the under-load section (comma-separated; '' skips it)",
+    )
+    parser.add_argument(
+        "--load-pods", type=int, default=60, help="pods each client places against each server"
+    )
     parser.add_argument("--out", help="write the markdown report here (default: stdout)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.nodes.split(",")]
-    results = [run_size(n, args.iterations, args.warmup) for n in sizes]
+    load_plan = [(int(c), args.load_pods) for c in args.load_clients.split(",") if c]
+    results = [run_size(n, args.iterations, args.warmup, load_plan) for n in sizes]
     command = (
         "python hack/bench_extender.py " + f"--nodes {args.nodes} "
-        f"--iterations {args.iterations} --warmup {args.warmup}"
+        f"--iterations {args.iterations} --warmup {args.warmup} "
+        f"--load-clients {args.load_clients} --load-pods {args.load_pods}"
     )
     report = render(results, command)
     if args.out:

@@ -44,6 +44,11 @@ def create_floor_app(node_names: list[str]) -> FastAPI:
         scores = [{"Host": n, "Score": 0} for n in names_of(await request.body())]
         return Response(orjson.dumps(scores), media_type="application/json")
 
+    @app.post("/bind")
+    async def bind_verb(request: Request) -> Response:
+        orjson.loads(await request.body())
+        return Response(b'{"Error":""}', media_type="application/json")
+
     @app.get("/readyz")
     async def readyz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")

@@ -85,6 +85,10 @@ def test_latency_benchmark_runs_end_to_end(tmp_path: Path) -> None:
             "5",
             "--warmup",
             "1",
+            "--load-clients",
+            "2",
+            "--load-pods",
+            "8",
             "--out",
             str(out),
         ],
@@ -96,3 +100,9 @@ def test_latency_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     report = out.read_text()
     assert "| 60 | floor |" in report and "| 60 | kvsched |" in report
     assert "p99 ratio" in report
+    # Under load: two schedulers placed 8 pods each on each server (60 nodes have room).
+    rows = [line for line in report.splitlines() if line.startswith("| 60 | 2 |")]
+    assert [row.split(" | ")[2] for row in rows] == ["floor", "kvsched"]
+    for row in rows:
+        assert row.split(" | ")[3] == "16"
+    assert "| 16 / 0 / 0 |" in rows[0]
