@@ -21,6 +21,7 @@ from scheduler.extender.app import (
 from scheduler.extender.metrics import ExtenderMetrics
 from scheduler.logs import configure_logging
 from scheduler.state.binder import ApiBinder
+from scheduler.state.events import EventRecorder, PodEvents
 from scheduler.state.kube import KubeApi
 from scheduler.state.offline import ClusterFileError, load_cluster
 from scheduler.state.store import ClusterStore
@@ -51,6 +52,13 @@ def register(subparsers: Any) -> None:
         type=int,
         default=SyncSettings().watch_timeout_s,
         help="server-side timeout of one watch request before it is renewed",
+    )
+    parser.add_argument(
+        "--no-events",
+        dest="events",
+        action="store_false",
+        help="cluster mode: do not write Kubernetes Events on pods (KvschedPlaced, "
+        "KvschedUnschedulable, KvschedBadPodSpec); offline mode never writes them",
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8888, help="listen port (default 8888)")
@@ -138,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     metrics = ExtenderMetrics()
     background: ClusterSync | None = None
+    events: PodEvents | None = None
     if args.cluster_file is not None:
         try:
             objects = load_cluster(args.cluster_file)
@@ -159,10 +168,12 @@ def run(args: argparse.Namespace) -> int:
         background = ClusterSync(
             api, store, SyncSettings(watch_timeout_s=args.watch_timeout_seconds), metrics
         )
+        if args.events:
+            events = EventRecorder(api, metrics)
     settings = AppSettings(
         max_body_bytes=args.max_body_bytes, body_timeout_s=args.request_body_timeout_seconds
     )
-    app = create_app(store, settings, metrics, background)
+    app = create_app(store, settings, metrics, background, events)
     uvicorn.run(
         app,
         host=args.host,

@@ -33,6 +33,7 @@ from scheduler.extender.wire import (
     parse_binding_args,
     parse_extender_args,
 )
+from scheduler.state.events import NoEvents, PodEvents
 from scheduler.state.kube import API_CONNECTIONS
 from scheduler.state.objects import node_state
 from scheduler.state.store import BindError, ClusterStore
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 DEFAULT_BODY_TIMEOUT_S = 10.0
+# At shutdown, how long queued pod events may take to be written before they are abandoned.
+EVENTS_DRAIN_S = 2.0
 
 
 # OpenAPI documentation of the wire format. The handlers read raw bodies on purpose (embedded
@@ -210,13 +213,17 @@ def create_app(
     settings: AppSettings | None = None,
     metrics: ExtenderMetrics | None = None,
     background: Background | None = None,
+    events: PodEvents | None = None,
 ) -> FastAPI:
-    """The extender app over `store`; `background` (cluster sync) runs for the app's life."""
+    """The extender app over `store`; `background` (cluster sync) and `events` (the pod event
+    recorder) run for the app's life."""
     settings = settings or AppSettings()
     metrics = metrics or ExtenderMetrics()
+    recorder: PodEvents = events or NoEvents()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        recorder.start()
         if background is not None:
             background.start()
         try:
@@ -224,6 +231,7 @@ def create_app(
         finally:
             if background is not None:
                 background.stop()
+            recorder.stop(EVENTS_DRAIN_S)
 
     app = FastAPI(
         title="kvsched extender",
@@ -234,6 +242,7 @@ def create_app(
     )
     app.state.store = store
     app.state.metrics = metrics
+    app.state.events = recorder
 
     bind_slots = anyio.CapacityLimiter(API_CONNECTIONS)
 
@@ -284,6 +293,7 @@ def create_app(
         metrics.filter_nodes.labels("unresolvable").inc(len(result.unresolvable))
         for reason, count in result.rejections.items():
             metrics.rejections.labels(reason).inc(count)
+        recorder.rejected(demand, result)
         return filter_result(args, result.passed, result.failed, result.unresolvable)
 
     def do_prioritize(data: Any) -> Any:
@@ -303,6 +313,8 @@ def create_app(
             )
             return {"Error": str(exc)}
         metrics.binds.labels("already_bound" if result.already_bound else "bound").inc()
+        if not result.already_bound:
+            recorder.placed(args.pod_namespace, args.pod_name, args.pod_uid, result)
         return {"Error": ""}
 
     def do_explain(data: Any) -> Any:

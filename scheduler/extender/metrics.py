@@ -48,6 +48,14 @@ class ExtenderMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.events = Counter(
+            "kvsched_events",
+            "Kubernetes Events on pods, by reason (KvschedPlaced, KvschedUnschedulable, "
+            "KvschedBadPodSpec) and outcome (written, failed, dropped: queue full or stopping, "
+            "deduplicated: the same event was already written within the dedupe window).",
+            ["reason", "outcome"],
+            registry=self.registry,
+        )
         self.nodes = Gauge(
             "kvsched_nodes", "Nodes in the extender's cluster view.", registry=self.registry
         )
@@ -76,3 +84,7 @@ class ExtenderMetrics:
 
     def listed(self, kind: str, count: int) -> None:
         self.listed_objects.labels(kind).set(count)
+
+    # EventObserver: the event recorder reports here.
+    def event_recorded(self, reason: str, outcome: str) -> None:
+        self.events.labels(reason, outcome).inc()

@@ -8,6 +8,7 @@ generated models are slow on large lists and would drop fields this version does
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ LIST_PAGE = 500
 # extender's concurrent binds, see scheduler/extender/app.py): a call that finds the pool empty
 # opens a new connection and pays a TLS handshake, and one returned to a full pool is closed.
 API_CONNECTIONS = 32
+# The event recorder's writer thread (scheduler/state/events.py) holds one more; without it a
+# pool that binds have filled would close one connection per event written.
+EVENT_CONNECTIONS = 1
 
 
 class KubeError(Exception):
@@ -98,6 +102,15 @@ class InventoryApi(Protocol):
     def delete_inventory(self, name: str) -> None: ...
 
 
+class EventApi(Protocol):
+    """Kubernetes Events, for the extender's event recorder."""
+
+    def create_event(self, namespace: str, event: Mapping[str, Any]) -> None:
+        """Create `event`, an events.k8s.io/v1 Event as JSON (see `micro_time` for its
+        eventTime), in `namespace`."""
+        ...
+
+
 KINDS = ("Node", "Pod", "NodeInventory")
 
 
@@ -112,6 +125,16 @@ def _translate(exc: ApiException, what: str) -> KubeError:
     if status == 409:
         return ConflictError(message, status)
     return KubeError(message, status)
+
+
+def micro_time(value: dt.datetime) -> str:
+    """An events.k8s.io MicroTime. The client re-serialises eventTime with isoformat(), which
+    drops a fraction of zero, and the API server then rejects the event (its parser wants
+    exactly six digits): a whole second is moved by one microsecond."""
+    value = value.astimezone(dt.UTC)
+    if value.microsecond == 0:
+        value = value.replace(microsecond=1)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _body(response: Any) -> bytes:
@@ -132,6 +155,7 @@ class KubeApi:
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.events = client.EventsV1Api(api_client)
         self.timeout = request_timeout_s
 
     @classmethod
@@ -139,7 +163,7 @@ class KubeApi:
         """In-cluster service account when running in a pod (and no kubeconfig is given),
         else the kubeconfig (`KUBECONFIG`, ~/.kube/config)."""
         configuration = client.Configuration()
-        configuration.connection_pool_maxsize = API_CONNECTIONS
+        configuration.connection_pool_maxsize = API_CONNECTIONS + EVENT_CONNECTIONS
         if kubeconfig is None:
             try:
                 config.load_incluster_config(client_configuration=configuration)
@@ -276,6 +300,23 @@ class KubeApi:
             raise KubeError(f"get pod {namespace}/{name}: {exc}") from None
         pod: dict[str, Any] = orjson.loads(_body(response) or b"{}")
         return pod
+
+    def create_event(self, namespace: str, event: Mapping[str, Any]) -> None:
+        meta = event.get("metadata") or {}
+        what = f"create event {namespace}/{meta.get('name', '')}"
+        body: Any = dict(event)
+        try:
+            _body(
+                self.events.create_namespaced_event(
+                    namespace, body, _preload_content=False, _request_timeout=self.timeout
+                )
+            )
+        except ApiException as exc:
+            raise _translate(exc, what) from None
+        except TransportHTTPError as exc:
+            raise KubeError(f"{what}: {exc}") from None
+        except ValueError as exc:  # the client validates the body against its Event model
+            raise KubeError(f"{what}: {exc}") from None
 
     # ---- NodeInventory writes (controller, agent) --------------------------------------
 

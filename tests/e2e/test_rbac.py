@@ -12,6 +12,7 @@ pytestmark = pytest.mark.e2e
 NS = "kvsched-system"
 INVENTORIES = "/apis/kvsched.io/v1alpha1/nodeinventories"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+EVENTS = "/apis/events.k8s.io/v1/namespaces/default/events"
 
 
 def as_account(account: str) -> dict[str, str]:
@@ -56,6 +57,19 @@ LEASE = {
     "metadata": {"name": "kube-scheduler"},
     "spec": {},
 }
+EVENT = {
+    "apiVersion": "events.k8s.io/v1",
+    "kind": "Event",
+    "metadata": {"name": "nobody.1"},
+    "eventTime": "2026-01-02T03:04:05.000001Z",
+    "reportingController": "kvsched.io/extender",
+    "reportingInstance": "rbac-check",
+    "action": "Binding",
+    "reason": "KvschedPlaced",
+    "type": "Normal",
+    "note": "rbac check",
+    "regarding": {"apiVersion": "v1", "kind": "Pod", "namespace": "default", "name": "nobody"},
+}
 
 CASES = {
     "kvsched-scheduler": {
@@ -65,6 +79,8 @@ CASES = {
             ("GET", INVENTORIES, None, None),
             ("PATCH", "/api/v1/namespaces/default/pods/nobody?dryRun=All", {"metadata": {}}, PATCH),
             ("POST", "/api/v1/namespaces/default/pods/nobody/binding?dryRun=All", BINDING, None),
+            # The extender's pod events (through system:kube-scheduler, as kube-scheduler's own).
+            ("POST", f"{EVENTS}?dryRun=All", EVENT, None),
         ],
         # Deleting pods is kube-scheduler's (preemption, through system:kube-scheduler): the
         # extender shares the pod and so the account, and cannot be narrower than that.
@@ -90,6 +106,7 @@ CASES = {
             ("GET", "/api/v1/secrets", None, None),
             ("GET", f"{LEASES}/kube-scheduler", None, None),
             ("PATCH", f"{INVENTORIES}/rbac-check?dryRun=All", {"spec": {}}, PATCH),
+            ("POST", f"{EVENTS}?dryRun=All", EVENT, None),
         ],
     },
     "kvsched-agent": {
@@ -104,6 +121,7 @@ CASES = {
             ("GET", "/api/v1/pods", None, None),
             ("GET", "/api/v1/nodes", None, None),
             ("POST", f"{LEASES}?dryRun=All", LEASE, None),
+            ("POST", f"{EVENTS}?dryRun=All", EVENT, None),
         ],
     },
 }

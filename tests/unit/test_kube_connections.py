@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from kubernetes import client
 
-from scheduler.state.kube import API_CONNECTIONS, KubeApi, NotFoundError
+from scheduler.state.kube import API_CONNECTIONS, KubeApi, KubeError, NotFoundError
 
 
 class CountingServer(ThreadingHTTPServer):
@@ -25,6 +25,7 @@ class CountingServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.connections = 0
         self.requests: list[tuple[str, str]] = []
+        self.bodies: list[bytes] = []
         self.lock = threading.Lock()
 
 
@@ -50,12 +51,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        body = self.rfile.read(length) if length else b""
         with self.server.lock:
             self.server.requests.append((self.command, self.path))
+            self.server.bodies.append(body)
         if self.path.endswith("/missing"):
             self._answer(404, {"kind": "Status", "reason": "NotFound", "code": 404})
+        elif self.path.endswith("/forbidden/events"):
+            self._answer(403, {"kind": "Status", "reason": "Forbidden", "code": 403})
         elif self.path.endswith("/binding"):
             self._answer(201, {"kind": "Status", "status": "Success", "code": 201})
         else:
@@ -122,3 +125,34 @@ def test_concurrent_binds_need_no_more_connections_than_callers(server: Counting
         thread.join()
     assert len(server.requests) == callers * rounds
     assert server.connections <= callers
+
+
+def test_events_go_to_events_k8s_io_as_sent_and_reuse_the_connection(
+    server: CountingServer,
+) -> None:
+    api = api_for(server)
+    event = {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": "p.17", "namespace": "ns"},
+        "eventTime": "2026-01-02T03:04:05.000001Z",
+        "reportingController": "kvsched.io/extender",
+        "reportingInstance": "kvsched-0",
+        "action": "Binding",
+        "reason": "KvschedPlaced",
+        "type": "Normal",
+        "note": "Placed on gpu-1, GPUs 0",
+        "regarding": {"apiVersion": "v1", "kind": "Pod", "namespace": "ns", "name": "p"},
+    }
+    for _ in range(3):
+        api.create_event("ns", event)
+    with pytest.raises(KubeError) as caught:
+        api.create_event("forbidden", event)
+    assert caught.value.status == 403
+    assert server.requests[0] == ("POST", "/apis/events.k8s.io/v1/namespaces/ns/events")
+    sent = json.loads(server.bodies[0])
+    assert sent["eventTime"].startswith("2026-01-02T03:04:05.000001")
+    assert {k: v for k, v in sent.items() if k != "eventTime"} == {
+        k: v for k, v in event.items() if k != "eventTime"
+    }
+    assert server.connections == 1
