@@ -107,6 +107,13 @@ class BindResult:
 
 
 @dataclass(frozen=True, slots=True)
+class _BindCall:
+    """A bind waiting on the API server; `done` is set when it has succeeded or failed."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True, slots=True)
 class _DemandMemo:
     """Evaluations of one kind of pod (one demand key).
 
@@ -140,9 +147,13 @@ class ClusterStore:
         pending_pods: int = 10_000,
         gang_ttl_s: float = 300.0,
         clock: Callable[[], dt.datetime] = now,
+        bind_retry_wait_s: float = 2.0,
     ) -> None:
         """gang_ttl_s: how long a gang plan holds its GPUs for members that have not bound;
-        after that it is released and the group planned again."""
+        after that it is released and the group planned again. bind_retry_wait_s: how long a
+        retried bind waits for an earlier bind of the same pod that is still under way
+        (well inside kube-scheduler's 5 s extender timeout)."""
+        self.bind_retry_wait_s = bind_retry_wait_s
         self.catalog = catalog
         self.gang_ttl_s = gang_ttl_s
         self.clock = clock
@@ -156,6 +167,8 @@ class ClusterStore:
         self._pods: dict[str, PodRecord] = {}
         # Pods we bound whose binding the watch has not shown yet (see _put_pod).
         self._assumed: dict[str, PodRecord] = {}
+        # Binds waiting on the API server, by pod UID (see bind).
+        self._in_flight: dict[str, _BindCall] = {}
         self._pod_objects: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._pods_by_node: dict[str, dict[str, PodRecord]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
@@ -636,26 +649,46 @@ class ClusterStore:
         get them), then the binder's API calls run outside the lock, so that filters for the
         next pods do not wait behind them; a failed bind gives the GPUs back.
         Idempotent: a retry for a pod already bound to that node returns the same GPUs.
+
+        A retry that arrives while an earlier bind of the same pod still waits on the API
+        server (kube-scheduler gave up on it after its httpTimeout) waits for that call's
+        outcome, up to `bind_retry_wait_s`; if it is still under way, the retry fails and
+        kube-scheduler tries again later. Answering "bound" from the unconfirmed record would
+        be a lie when that call then fails: kube-scheduler would count the pod bound and never
+        schedule it again.
         """
-        with self._lock:
-            existing = self._pods.get(uid)
-            if existing is not None and existing.node is not None:
-                if existing.node != node_name:
-                    raise BindError(
-                        f"pod {namespace}/{name} is already bound to {existing.node}, "
-                        f"not {node_name}"
-                    )
-                if existing.assignment is not None:
-                    return BindResult(existing.assignment, "already bound", already_bound=True)
-            reserved = self._gangs.reservation(uid)
-            if reserved is not None:
-                record, placement = self._claim_reserved(reserved, node_name)
-            else:
-                record, placement = self._claim(namespace, name, uid, node_name)
-            assert record.assignment is not None
-            self._assumed[uid] = record
-            self._put_pod(record)
-            self._rebuild(node_name)
+        while True:
+            with self._lock:
+                earlier = self._in_flight.get(uid)
+                if earlier is None:
+                    existing = self._pods.get(uid)
+                    if existing is not None and existing.node is not None:
+                        if existing.node != node_name:
+                            raise BindError(
+                                f"pod {namespace}/{name} is already bound to {existing.node}, "
+                                f"not {node_name}"
+                            )
+                        if existing.assignment is not None:
+                            return BindResult(
+                                existing.assignment, "already bound", already_bound=True
+                            )
+                    reserved = self._gangs.reservation(uid)
+                    if reserved is not None:
+                        record, placement = self._claim_reserved(reserved, node_name)
+                    else:
+                        record, placement = self._claim(namespace, name, uid, node_name)
+                    assert record.assignment is not None
+                    mine = self._in_flight[uid] = _BindCall()
+                    self._assumed[uid] = record
+                    self._put_pod(record)
+                    self._rebuild(node_name)
+                    break
+            if not earlier.done.wait(self.bind_retry_wait_s):
+                raise BindError(
+                    f"pod {namespace}/{name}: an earlier bind is still waiting on the API "
+                    "server; try again later"
+                )
+            # Done: succeeded (the record says so now) or failed (GPUs given back): look again.
         try:
             self.binder.bind(record, record.assignment, placement)
         except BindError:
@@ -669,6 +702,10 @@ class ClusterStore:
                     self._gangs.restore(reserved)
                 self._rebuild(node_name)
             raise
+        finally:
+            with self._lock:
+                del self._in_flight[uid]
+            mine.done.set()
         return BindResult(record.assignment, placement, already_bound=False)
 
     def _claim(self, namespace: str, name: str, uid: str, node_name: str) -> tuple[PodRecord, str]:
