@@ -765,6 +765,7 @@ def fmt(value: float, digits: int = 1) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+NO_EVENTS_PHASE = "kvsched-no-events"
 CPU_COLUMNS = ("etcd", "kube-apiserver", "kube-scheduler", "kvsched extender", "benchmark client")
 
 
@@ -788,7 +789,7 @@ def cpu_table(results: Sequence[PhaseResult]) -> list[str]:
         lines.append(
             f"| {r.profile} | " + " | ".join(cells) + f" | {fmt(total, 1)} | {fmt(busy, 2)} |"
         )
-    default, kv = results
+    default, kv = results[0], results[1]
     d_total = sum(1000 * default.cpu.get(c, 0.0) / max(default.bound, 1) for c in CPU_COLUMNS)
     k_total = sum(1000 * kv.cpu.get(c, 0.0) / max(kv.bound, 1) for c in CPU_COLUMNS)
     if k_total:
@@ -807,6 +808,7 @@ def report(
     machine: str,
     bin_dir: Path,
     total_wall: float,
+    quiet: PhaseResult | None = None,
 ) -> str:
     default, kv = results
     ratio = kv.drain_rate / default.drain_rate if default.drain_rate else float("nan")
@@ -907,8 +909,19 @@ def report(
         )
         + ".  ",
     ]
+    if quiet is not None:
+        q_ratio = quiet.drain_rate / default.drain_rate if default.drain_rate else float("nan")
+        lines += [
+            "",
+            f"Without kvsched's own pod events (`kvsched extender --no-events`, a third phase on "
+            f"the same nodes and pods): {quiet.bound} / {quiet.pods} bound, "
+            f"{fmt(quiet.drain_rate)} pods/s, {fmt(q_ratio, 2)}x the default profile "
+            f"(with events: {fmt(ratio, 2)}x). Each placement event is one more API write "
+            "(extender, API server and etcd CPU) per pod; kube-scheduler writes its own "
+            "`Scheduled` event per pod under both profiles.",
+        ]
     if kv.cpu and default.cpu:
-        lines += cpu_table(results)
+        lines += cpu_table([*results, *([quiet] if quiet is not None else [])])
     if kv.extender:
         e = kv.extender
         lines.append(
@@ -969,6 +982,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per phase")
     parser.add_argument(
         "--settle", type=float, default=20.0, help="end a phase after this long without a bind"
+    )
+    parser.add_argument(
+        "--also-without-events",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a third phase: kvsched with --no-events (what its pod events cost)",
     )
     parser.add_argument("--out-md", type=Path, help="write the markdown section here too")
     parser.add_argument("--work", help="state folder (default: a new temp dir, removed after)")
@@ -1044,9 +1063,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"kvsched: {kv.bound}/{kv.pods} bound, {fmt(kv.drain_rate)} pods/s")
         extender.stop()
         extender = None
+        quiet: PhaseResult | None = None
+        if args.also_without_events:
+            # What kvsched's own pod events cost: the same phase with --no-events.
+            extender = Extender(plane.kubeconfig, work, extra_args=["--no-events"])
+            extender.start()
+            config = kvsched_config(plane, extender.url, work, args.qps, args.burst)
+            quiet = run_phase(plane, api, NO_EVENTS_PHASE, pods, config, args, extender)
+            log(f"{NO_EVENTS_PHASE}: {quiet.bound}/{quiet.pods}, {fmt(quiet.drain_rate)} pods/s")
+            extender.stop()
+            extender = None
         for result in (default, kv):
             result.placement = replay(result, by_name, initial, catalog)
-        text = report(args, (default, kv), setup, machine, plane.bin_dir, time.monotonic() - wall0)
+        text = report(
+            args, (default, kv), setup, machine, plane.bin_dir, time.monotonic() - wall0, quiet
+        )
     finally:
         if extender is not None:
             extender.stop()

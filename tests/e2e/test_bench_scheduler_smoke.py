@@ -94,3 +94,8 @@ def test_bench_scheduler_small_run(binaries_available: None, tmp_path: Path) -> 
     assert kvsched["TP>1 on best GPU set"].startswith("100.0 %"), kvsched
     assert re.search(r"Throughput kvsched / default: [\d.]+x", report), report
     assert re.search(r"Target >= 0\.5x: \*\*(met|missed)\*\*", report), report
+    # The third phase (kvsched with --no-events) and the CPU accounting of every phase.
+    assert re.search(r"Without kvsched's own pod events .*: 30 / 30 bound", report), report
+    cpu_rows = [line for line in report.splitlines() if re.match(r"\| (default|kvsched)", line)]
+    phases = [row.split(" | ")[0].strip("| ") for row in cpu_rows if row.count("|") == 9]
+    assert phases == ["default", "kvsched", "kvsched-no-events"], cpu_rows

@@ -70,9 +70,16 @@ class ChildProcess:
 class Extender(ChildProcess):
     """`kvsched extender` in cluster mode as a child process; restartable."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, watch_timeout_s: int = 60) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        watch_timeout_s: int = 60,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.watch_timeout_s = watch_timeout_s
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
@@ -96,6 +103,7 @@ class Extender(ChildProcess):
                 "text",
                 "--watch-timeout-seconds",
                 str(self.watch_timeout_s),
+                *self.extra_args,
             ],
             cwd=REPO_ROOT,
             stdout=log,
