@@ -118,13 +118,29 @@ def object_name(obj: Mapping[str, Any]) -> str:
     return str(_mapping(obj.get("metadata")).get("name") or "")
 
 
-def node_state(
-    node: Mapping[str, Any],
-    inventory: Mapping[str, Any] | None,
-    pods: Iterable[PodRecord],
-    catalog: Catalog,
-) -> NodeState:
-    """Build the core's view of one node from its Node, its NodeInventory and its pods."""
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What a node's state takes from its Node and NodeInventory objects: everything but its
+    pods. Parsing the inventory's topology is most of the cost of a node's state, and pods
+    come and go far more often than these objects change, so the store keeps these per node
+    and rebuilds only the GPU accounting when a pod changes."""
+
+    name: str
+    labels: dict[str, str]
+    allocatable: int
+    topology: NodeTopology | None
+    source: str
+    product: str | None
+    memory: int
+    # GPUs the inventory's `allocated` list shows as held, and by which pod ("" unknown).
+    inventory_owners: dict[int, str]
+    models: dict[str, tuple[CachedModel, ...]]
+    bandwidth: Bandwidth
+
+
+def node_facts(
+    node: Mapping[str, Any], inventory: Mapping[str, Any] | None, catalog: Catalog
+) -> NodeFacts:
     name = object_name(node)
     meta = _mapping(node.get("metadata"))
     labels = {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()}
@@ -133,17 +149,42 @@ def node_state(
     allocatable = _gpu_allocatable(node, labels, inv_status)
     product_label = labels.get(GFD_PRODUCT)
     topology, source = _topology(name, inv_status, product_label, allocatable)
-    product = _product_name(topology, product_label)
-    memory = _gpu_memory(topology if source == "inventory" else None, labels, product_label)
-
     count = topology.gpu_count if topology is not None else 0
-    used: set[int] = set()
     owners: dict[int, str] = {}
     for entry in _list(inv_status.get("allocated")):
         index, owner = _mapping(entry).get("index"), _mapping(entry).get("pod")
         if isinstance(index, int) and 0 <= index < count:
-            used.add(index)
             owners[index] = str(owner or "")
+    return NodeFacts(
+        name=name,
+        labels=labels,
+        allocatable=allocatable,
+        topology=topology,
+        source=source,
+        product=_product_name(topology, product_label),
+        memory=_gpu_memory(topology if source == "inventory" else None, labels, product_label),
+        inventory_owners=owners,
+        models=_models(inv_status, catalog),
+        bandwidth=_bandwidth(inv_status),
+    )
+
+
+def node_state(
+    node: Mapping[str, Any],
+    inventory: Mapping[str, Any] | None,
+    pods: Iterable[PodRecord],
+    catalog: Catalog,
+) -> NodeState:
+    """Build the core's view of one node from its Node, its NodeInventory and its pods."""
+    return node_state_from(node_facts(node, inventory, catalog), pods)
+
+
+def node_state_from(facts: NodeFacts, pods: Iterable[PodRecord]) -> NodeState:
+    """The node's state: its facts plus the GPUs its pods hold."""
+    name, topology = facts.name, facts.topology
+    count = topology.gpu_count if topology is not None else 0
+    owners = dict(facts.inventory_owners)
+    used = set(owners)
     unindexed = 0
     for pod in pods:
         if not pod.holds_gpus or pod.node != name:
@@ -165,20 +206,20 @@ def node_state(
         else:
             unindexed += pod.gpus
     # GPUs the topology shows but the kubelet does not offer (unhealthy, reserved) are busy.
-    unindexed += max(0, count - allocatable)
+    unindexed += max(0, count - facts.allocatable)
     free = frozenset(range(count)) - used
     return NodeState(
         name=name,
         topology=topology,
-        gpu_product=product,
-        gpu_memory_bytes=memory,
-        allocatable_gpus=min(allocatable, count),
+        gpu_product=facts.product,
+        gpu_memory_bytes=facts.memory,
+        allocatable_gpus=min(facts.allocatable, count),
         free_gpus=free,
         unindexed_busy=unindexed,
-        models=_models(inv_status, catalog),
-        bandwidth=_bandwidth(inv_status),
-        labels=labels,
-        source=source,
+        models=facts.models,
+        bandwidth=facts.bandwidth,
+        labels=facts.labels,
+        source=facts.source,
     )
 
 

@@ -48,8 +48,10 @@ from scheduler.models.catalog import Catalog
 from scheduler.state.gangs import GangBook, Reserved
 from scheduler.state.objects import (
     TERMINAL_PHASES,
+    NodeFacts,
     PodRecord,
-    node_state,
+    node_facts,
+    node_state_from,
     object_name,
     pod_record,
 )
@@ -167,6 +169,8 @@ class ClusterStore:
         self._pods: dict[str, PodRecord] = {}
         # Pods we bound whose binding the watch has not shown yet (see _put_pod).
         self._assumed: dict[str, PodRecord] = {}
+        # Per node: its Node and NodeInventory objects and the facts parsed from them.
+        self._facts: dict[str, tuple[Mapping[str, Any], Mapping[str, Any] | None, NodeFacts]] = {}
         # Binds waiting on the API server, by pod UID (see bind).
         self._in_flight: dict[str, _BindCall] = {}
         self._pod_objects: dict[tuple[str, str], Mapping[str, Any]] = {}
@@ -311,14 +315,22 @@ class ClusterStore:
         node = self._node_objects.get(name)
         if node is None:
             self._entries.pop(name, None)
+            self._facts.pop(name, None)
             return
         pods = list(self._pods_by_node.get(name, {}).values())
         for reserved in self._gangs.records_on(name):
             holder = self._pods.get(reserved.uid)
             if holder is None or holder.node is None:
                 pods.append(reserved)
-        state = node_state(node, self._inventories.get(name), pods, self.catalog)
-        self._entries[name] = self._entry(state)
+        inventory = self._inventories.get(name)
+        # The watch replaces an object's dict when it changes, so identity says "unchanged".
+        cached = self._facts.get(name)
+        if cached is not None and cached[0] is node and cached[1] is inventory:
+            facts = cached[2]
+        else:
+            facts = node_facts(node, inventory, self.catalog)
+            self._facts[name] = (node, inventory, facts)
+        self._entries[name] = self._entry(node_state_from(facts, pods))
 
     # ---- queries -------------------------------------------------------------------------
 

@@ -394,6 +394,30 @@ def test_inventory_for_a_node_not_yet_known_applies_when_the_node_arrives() -> N
     assert copy is not None and copy.tier is Tier.LOCAL_DISK
 
 
+def test_node_facts_are_reparsed_only_when_the_node_or_its_inventory_changes() -> None:
+    store = make_store(inventories=[inventory("a", PRESETS["hgx-h100-8"])])
+    before = store.node("a")
+    assert before is not None and before.topology is not None
+    # A pod binding changes the GPU accounting, not the parsed topology.
+    store.upsert_pod(pod("p", gpus=2, node="a"))
+    after_pod = store.node("a")
+    assert after_pod is not None and after_pod.topology is before.topology
+    assert len(free(store, "a")) == 6
+    # A new inventory object (what a watch delivers) is parsed again: new residency shows.
+    store.upsert_inventory(
+        inventory("a", PRESETS["hgx-h100-8"], models=[cached(LLAMA_70B, "host-memory")])
+    )
+    after_inventory = store.node("a")
+    assert after_inventory is not None and after_inventory.topology is not before.topology
+    copy = after_inventory.residency(LLAMA_70B.lower(), None)
+    assert copy is not None and copy.tier is Tier.HOST_MEMORY
+    assert len(free(store, "a")) == 6  # the pod still holds its two
+    # So is a changed Node: its labels show.
+    store.upsert_node(gpu_node("a", labels={"zone": "z2"}))
+    relabelled = store.node("a")
+    assert relabelled is not None and relabelled.labels.get("zone") == "z2"
+
+
 # ---- explain ------------------------------------------------------------------------------
 
 
