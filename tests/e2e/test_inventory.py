@@ -96,9 +96,17 @@ def test_one_leader_and_failover(
         "GET", "/apis/coordination.k8s.io/v1/namespaces/kvsched-system/leases/kvsched-controller"
     )
     assert lease["spec"]["holderIdentity"] == leader.identity
+    # On a busy machine the follower's metrics endpoint may not be up yet: wait for it.
+    wait_until(
+        lambda: follower.metric("kvsched_controller_leader") is not None,
+        timeout=40,
+        what=f"{follower.identity}'s metrics endpoint",
+    )
     assert follower.metric("kvsched_controller_leader") == 0.0
     leader.stop(kill=True)
+    killed = time.monotonic()
     wait_until(follower.leading, timeout=40, what=f"failover to {follower.identity}")
+    print(f"\nfollower led {time.monotonic() - killed:.1f}s after the leader was killed")
     # The new leader does the work.
     node = cluster.node("after-failover")
     cluster.run_pod("vllm", node, annotations={"kvsched.io/model": LLAMA_8B})
