@@ -62,6 +62,14 @@ def _why(results: list[RunResult], metrics: list[Metrics]) -> list[str]:
         f"{len(placed) - len(forced)} pods loaded in "
         f"{(total - forced_s) / max(1, len(placed) - len(forced)):.1f} s on average."
     )
+    first_use = [p for p in forced if p.holders == 0]
+    lines.append(
+        f"  Of those {len(forced)}: {len(first_use)} were the model's first use on the pool "
+        f"(no node held it in any tier); for the other {len(forced) - len(first_use)} the "
+        "nodes holding it were full, or had GPUs too small for the pod's weights + KV budget. "
+        "Only keeping holders free for their models (or prefetching onto idle nodes) could "
+        "turn those into cache hits; kvsched scores each pod on its own and does neither."
+    )
     lines.append(
         f"- {metric['kvsched'].best_tier} of {metric['kvsched'].placed} kvsched placements "
         f"loaded from the fastest tier any fitting node offered ({STOCK}: "

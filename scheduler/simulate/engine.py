@@ -67,6 +67,8 @@ class PodOutcome:
     tier: str | None = None
     best_set: bool | None = None  # None for single-GPU pods (every lone GPU is alike)
     best_tier: str | None = None  # the fastest tier on any node where the pod fit then
+    # Nodes holding the pod's model (any tier) when it was placed, fitting or not.
+    holders: int = 0
 
     def pending_s(self, end: float) -> float:
         """How long the pod waited to be placed (until placement, departure or `end`)."""
@@ -278,6 +280,12 @@ class SimCluster:
             raise AssertionError(f"{pod.name}: GPUs {sorted(busy)} on {node} are not free")
         cold = _cold_start(demand, state, self.scoring)
         outcome.best_tier = self._best_tier(demand, node)
+        if demand.model is not None:
+            outcome.holders = sum(
+                1
+                for name in self.node_names
+                if self.node_state(name).residency(demand.model, demand.revision) is not None
+            )
         bound = _bound_object(self._pod_objects[pod.name], node, tuple(gpus))
         self.store.upsert_pod(bound)
         after = self.node_state(node)
