@@ -706,10 +706,20 @@ class ClusterStore:
         except BindError:
             with self._lock:
                 self._assumed.pop(uid, None)
-                self._pods.pop(uid, None)
-                self._pods_by_node.get(node_name, {}).pop(uid, None)
-                if existing is not None:
-                    self._put_pod(existing)
+                seen = self._pods.get(uid)
+                if seen is not None and seen is not record:
+                    # The watch showed the pod while the call was under way: the API server's
+                    # view wins over the call's outcome. A call that timed out after the
+                    # server applied it leaves the pod bound; rolling back would free GPUs a
+                    # running pod holds.
+                    if seen.node == node_name and seen.assignment is not None:
+                        log.info("bind %s: the call failed, but the pod is bound", seen.ref)
+                        return BindResult(seen.assignment, "bound", already_bound=True)
+                else:
+                    self._pods.pop(uid, None)
+                    self._pods_by_node.get(node_name, {}).pop(uid, None)
+                    if existing is not None:
+                        self._put_pod(existing)
                 if reserved is not None:
                     self._gangs.restore(reserved)
                 self._rebuild(node_name)

@@ -1,9 +1,12 @@
-"""A bind retried while an earlier bind of the same pod still waits on the API server.
+"""Binds whose API call outcome is uncertain.
 
-kube-scheduler gives up on /bind after its httpTimeout (5 s) and binds again. The retry must
-not answer "bound" from the extender's unconfirmed record: if the earlier API call then fails,
-kube-scheduler would count the pod bound and never schedule it again (found by the e2e test
-tests/e2e/test_bind_kill.py). It waits for the earlier call's outcome, briefly.
+1. A bind retried while an earlier bind of the same pod still waits on the API server:
+   kube-scheduler gives up on /bind after its httpTimeout (5 s) and binds again. The retry
+   must not answer "bound" from the extender's unconfirmed record: if the earlier API call
+   then fails, kube-scheduler would count the pod bound and never schedule it again (found by
+   the e2e test tests/e2e/test_bind_kill.py). It waits for the earlier call's outcome, briefly.
+2. A call that fails (read timeout) after the API server applied it: the watch has shown the
+   pod bound meanwhile, and that view wins; rolling back would free GPUs a bound pod holds.
 """
 
 from __future__ import annotations
@@ -142,3 +145,62 @@ def test_after_a_failed_first_call_alone_nothing_is_held(binder: SlowBinder) -> 
     # All eight GPUs are free again: a later bind of the pod succeeds with an API call.
     result = store.bind("llm", "p", UID, "a")
     assert not result.already_bound and len(binder.calls) == 2
+
+
+class WatchThenTimeout:
+    """The API server applies the binding, the watch shows the bound pod, and then the call
+    times out on the client side: the outcome is unknown to the caller, not to the watch."""
+
+    def __init__(self, store_ref: list[ClusterStore], bound_elsewhere: str | None = None) -> None:
+        self.store_ref = store_ref
+        self.bound_elsewhere = bound_elsewhere
+
+    def bind(self, record: PodRecord, assignment: GpuAssignment, placement: str) -> None:
+        if record.uid != UID:
+            return  # other pods bind normally
+        node = self.bound_elsewhere or assignment.node
+        shown = GpuAssignment(node, assignment.indices)
+        self.store_ref[0].upsert_pod(
+            pod(
+                "p",
+                gpus=4,
+                node=node,
+                uid=UID,
+                annotations={"kvsched.io/assigned-gpus": shown.encode()},
+            )
+        )
+        raise BindError("binding pod llm/p: read timed out")
+
+    def reserve(self, namespace: str, name: str, reservation: object) -> None:
+        pass
+
+
+def test_a_call_that_failed_after_the_watch_showed_the_pod_bound_counts_as_bound() -> None:
+    ref: list[ClusterStore] = []
+    store = ClusterStore(Catalog.builtin(), binder=WatchThenTimeout(ref))
+    ref.append(store)
+    store.load(ClusterObjects(nodes=[gpu_node("a")], pods=[], inventories=[]))
+    store.demand(pod("p", gpus=4))
+    result = store.bind("llm", "p", UID, "a")
+    assert result.already_bound and result.assignment.node == "a"
+    # The pod keeps its four GPUs: rolling back would have freed GPUs a bound pod holds.
+    record = store.pod(UID)
+    assert record is not None and record.node == "a"
+    assert len(store.node("a").usable_free_gpus) == 4  # type: ignore[union-attr]
+    store.demand(pod("q", gpus=4))
+    other = store.bind("llm", "q", "uid-llm-q", "a")
+    assert set(other.assignment.indices).isdisjoint(result.assignment.indices)
+
+
+def test_a_failed_call_leaves_a_pod_the_watch_shows_bound_elsewhere_alone() -> None:
+    ref: list[ClusterStore] = []
+    store = ClusterStore(Catalog.builtin(), binder=WatchThenTimeout(ref, bound_elsewhere="b"))
+    ref.append(store)
+    store.load(ClusterObjects(nodes=[gpu_node("a"), gpu_node("b")], pods=[], inventories=[]))
+    store.demand(pod("p", gpus=4))
+    with pytest.raises(BindError):
+        store.bind("llm", "p", UID, "a")
+    record = store.pod(UID)
+    assert record is not None and record.node == "b"  # the watch's record stands
+    assert len(store.node("a").usable_free_gpus) == 8  # type: ignore[union-attr]
+    assert len(store.node("b").usable_free_gpus) == 4  # type: ignore[union-attr]
