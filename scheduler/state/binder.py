@@ -35,7 +35,9 @@ class ApiBinder:
         except KubeError as exc:
             raise BindError(f"cannot record reservation on pod {namespace}/{name}: {exc}") from None
 
-    def bind(self, pod: PodRecord, assignment: GpuAssignment, placement: str) -> None:
+    def bind(
+        self, pod: PodRecord, assignment: GpuAssignment, placement: str
+    ) -> GpuAssignment | None:
         node = assignment.node
         annotations = {A_ASSIGNED_GPUS: assignment.encode(), A_PLACEMENT: placement}
         try:
@@ -46,7 +48,7 @@ class ApiBinder:
             current = pod_record(self.api.get_pod(pod.namespace, pod.name))
             if current.uid == pod.uid and current.node == node:
                 log.info("pod %s was already bound to %s", pod.ref, node)
-                return
+                return current.assignment
             raise BindError(
                 f"pod {pod.ref} is bound to {current.node or 'nothing'} (uid {current.uid}), "
                 f"not {node}"
@@ -56,3 +58,4 @@ class ApiBinder:
         except KubeError as exc:
             raise BindError(f"binding pod {pod.ref} to {node} failed: {exc}") from None
         log.info("bound %s to %s gpus=%s (%s)", pod.ref, node, list(assignment.indices), placement)
+        return None

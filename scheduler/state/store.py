@@ -12,6 +12,7 @@ one dictionary lookup per node after the first pod of a kind.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -75,7 +76,12 @@ class Binder(Protocol):
     """Makes binds and gang reservations durable. Offline mode keeps them in memory; cluster
     mode posts pods/binding and annotates pods."""
 
-    def bind(self, pod: PodRecord, assignment: GpuAssignment, placement: str) -> None: ...
+    def bind(
+        self, pod: PodRecord, assignment: GpuAssignment, placement: str
+    ) -> GpuAssignment | None:
+        """Bind `pod` with `assignment`. Returns None, or, when the API server had bound the
+        pod already (an earlier call that went through), the GPUs that binding recorded."""
+        ...
 
     def reserve(self, namespace: str, name: str, reservation: GpuReservation | None) -> None:
         """Record (or with None, clear) a gang member's reservation on the member pod."""
@@ -85,8 +91,11 @@ class Binder(Protocol):
 class InMemoryBinder:
     """Offline mode: the store's own record is the only record."""
 
-    def bind(self, pod: PodRecord, assignment: GpuAssignment, placement: str) -> None:
+    def bind(
+        self, pod: PodRecord, assignment: GpuAssignment, placement: str
+    ) -> GpuAssignment | None:
         log.info("bound %s to %s gpus=%s (%s)", pod.ref, pod.node, assignment.indices, placement)
+        return None
 
     def reserve(self, namespace: str, name: str, reservation: GpuReservation | None) -> None:
         pass
@@ -702,7 +711,17 @@ class ClusterStore:
                 )
             # Done: succeeded (the record says so now) or failed (GPUs given back): look again.
         try:
-            self.binder.bind(record, record.assignment, placement)
+            recorded = self.binder.bind(record, record.assignment, placement)
+            if recorded is not None and recorded != record.assignment:
+                # Bound before, by a call whose answer was lost: the GPUs that binding wrote
+                # on the pod are the ones it holds, not the ones chosen just now.
+                with self._lock:
+                    if self._pods.get(uid) is record:
+                        adopted = dataclasses.replace(record, assignment=recorded)
+                        self._assumed[uid] = adopted
+                        self._put_pod(adopted)
+                        self._rebuild(node_name)
+                return BindResult(recorded, "already bound", already_bound=True)
         except BindError:
             with self._lock:
                 self._assumed.pop(uid, None)

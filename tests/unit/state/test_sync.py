@@ -12,6 +12,7 @@ import pytest
 from support.k8s import gpu_node, inventory, model_annotations, pod
 
 from scheduler.core.assignment import GpuAssignment
+from scheduler.core.demand import A_ASSIGNED_GPUS
 from scheduler.models.catalog import Catalog
 from scheduler.state.binder import ApiBinder
 from scheduler.state.kube import ConflictError, GoneError, KubeError, NotFoundError, ObjectList
@@ -266,6 +267,25 @@ def test_binder_treats_a_conflict_on_the_same_node_as_done() -> None:
     pending = pod("p", uid="u1")
     record_store.filter(record_store.demand(pending), ["a"])
     record_store.bind("llm", "p", "u1", "a")  # no error
+
+
+def test_a_conflict_on_the_same_node_adopts_the_gpus_the_earlier_binding_recorded() -> None:
+    """An earlier bind went through but its answer was lost, and the watch has not shown it
+    yet: the retry's own GPU choice may differ from what the pod carries. The pod's GPUs win,
+    or the ones it really holds would look free."""
+    api = FakeApi()
+    earlier = GpuAssignment("a", (4, 5))
+    api.pods[("llm", "p")] = pod(
+        "p", gpus=2, node="a", uid="u1", annotations={A_ASSIGNED_GPUS: earlier.encode()}
+    )
+    api.bind_error = ConflictError("already assigned", 409)
+    store = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
+    store.replace_kind("Node", [gpu_node("a")])
+    store.filter(store.demand(pod("p", gpus=2, uid="u1")), ["a"])
+    result = store.bind("llm", "p", "u1", "a")
+    assert result.already_bound and result.assignment.indices == (4, 5)
+    state = store.node("a")
+    assert state is not None and state.usable_free_gpus == frozenset({0, 1, 2, 3, 6, 7})
 
 
 def test_binder_reports_a_conflict_on_another_node() -> None:
