@@ -20,7 +20,6 @@ import json
 import ssl
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import pytest
 import yaml
 from support.controlplane import ControlPlane
 from support.e2e import NAMESPACE, Cluster, Extender, scheduler_config, wait_until
-from support.stallproxy import StallProxy, Trap
+from support.stallproxy import Hold, StallProxy, Trap
 
 from topology.presets import PRESETS
 
@@ -122,18 +121,13 @@ def test_extender_killed_before_its_binding_reaches_the_api_server(
     Proven: the restarted extender rebuilds the other pod's GPUs from its annotation,
     kube-scheduler retries the pod on its own and it is bound once, to its node, with its GPU
     annotation, on GPUs no other pod holds."""
-    node = cluster.node("only")
-    cluster.inventory(node, PRESETS["hgx-h100-8"])
-    wait_known(rig.extender, node)
+    node = known_gpu_node(cluster, rig)
     cluster.pod(
         "before", gpus=4, scheduler=SCHEDULER_NAME, annotations={"kvsched.io/model": LLAMA_8B}
     )
     cluster.wait_bound("before")
 
-    trap = rig.proxy.trap(BINDING_POST, hold="request")
-    cluster.pod(
-        "victim", gpus=4, scheduler=SCHEDULER_NAME, annotations={"kvsched.io/model": LLAMA_8B}
-    )
+    trap = victim_with_trapped_binding(cluster, rig, hold="request")
     in_call = kill_in_call(rig, trap)
 
     assert not cluster.get_pod("victim")["spec"].get("nodeName"), "the held binding got through"
@@ -172,14 +166,9 @@ def test_extender_killed_after_the_api_server_bound_the_pod(cluster: Cluster, ri
     Proven: the pod keeps the one binding and GPU annotation the killed extender wrote; the
     restarted extender rebuilds that allocation from the bound pod's annotation, so a second
     pod placed afterwards on the same single node gets different GPUs."""
-    node = cluster.node("only")
-    cluster.inventory(node, PRESETS["hgx-h100-8"])
-    wait_known(rig.extender, node)
+    node = known_gpu_node(cluster, rig)
 
-    trap = rig.proxy.trap(BINDING_POST, hold="response")
-    cluster.pod(
-        "victim", gpus=4, scheduler=SCHEDULER_NAME, annotations={"kvsched.io/model": LLAMA_8B}
-    )
+    trap = victim_with_trapped_binding(cluster, rig, hold="response")
     assert trap.sprung.wait(RESUME_WITHIN_S), "the extender never posted the binding"
     bound = cluster.wait_bound("victim", timeout=SCHEDULER_HTTP_TIMEOUT_S)
     in_call = kill_in_call(rig, trap)
@@ -224,14 +213,9 @@ def test_extender_killed_in_a_bind_call_slower_than_the_scheduler_timeout(
     fails): it refuses it. The extender is then killed inside the first call; once it has
     restarted, the pod gets bound. (This test found that bug: ClusterStore.bind now waits
     briefly for an earlier bind of the same pod, and refuses while it is under way.)"""
-    node = cluster.node("only")
-    cluster.inventory(node, PRESETS["hgx-h100-8"])
-    wait_known(rig.extender, node)
+    node = known_gpu_node(cluster, rig)
 
-    trap = rig.proxy.trap(BINDING_POST, hold="request")
-    cluster.pod(
-        "victim", gpus=4, scheduler=SCHEDULER_NAME, annotations={"kvsched.io/model": LLAMA_8B}
-    )
+    trap = victim_with_trapped_binding(cluster, rig, hold="request")
     assert trap.sprung.wait(RESUME_WITHIN_S), "the extender never posted the binding"
     wait_until(
         lambda: rig.extender.metric("kvsched_binds_total", result="rejected") >= 1,
@@ -308,21 +292,19 @@ def assignment(pod: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def wait_known(extender: Extender, node: str) -> None:
-    """Until the extender's view has `node` (its /explain stops calling it unknown)."""
+def known_gpu_node(cluster: Cluster, rig: Rig) -> str:
+    """One 8-GPU HGX node, once the extender's view has it."""
+    node = cluster.node("only")
+    cluster.inventory(node, PRESETS["hgx-h100-8"])
+    wait_until(lambda: rig.extender.knows(node), timeout=30, what=f"{node} in the extender's view")
+    return node
 
-    def knows() -> bool:
-        body = {
-            "Pod": {"metadata": {"name": "probe", "namespace": NAMESPACE}, "spec": {}},
-            "NodeNames": [node],
-        }
-        request = urllib.request.Request(
-            extender.url + "/explain",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            rows = json.loads(response.read())["nodes"]
-        return bool(rows) and "unknown to kvsched" not in rows[0]["reason"]
 
-    wait_until(knows, timeout=30, what=f"{node} in the extender's view")
+def victim_with_trapped_binding(cluster: Cluster, rig: Rig, hold: Hold) -> Trap:
+    """The proxy traps the next binding POST (holding its request or its answer); then the
+    4-GPU pod "victim" is created for the test's scheduler."""
+    trap = rig.proxy.trap(BINDING_POST, hold=hold)
+    cluster.pod(
+        "victim", gpus=4, scheduler=SCHEDULER_NAME, annotations={"kvsched.io/model": LLAMA_8B}
+    )
+    return trap

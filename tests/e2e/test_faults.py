@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -87,15 +86,15 @@ def test_stalled_watch_connections_are_abandoned_and_the_view_catches_up(
     try:
         extender.start()
         first = cluster.node("first")
-        wait_until(lambda: knows(extender, first), timeout=30, what="first node seen")
+        wait_until(lambda: extender.knows(first), timeout=30, what="first node seen")
         proxy.freeze()
         stalled_at = time.monotonic()
         second = cluster.node("second")
         time.sleep(3)
-        assert not knows(extender, second)  # frozen: nothing arrives
+        assert not extender.knows(second)  # frozen: nothing arrives
         proxy.thaw_new()
         wait_until(
-            lambda: knows(extender, second),
+            lambda: extender.knows(second),
             timeout=watch_timeout + 30 + 45,
             what="second node seen after the stall",
         )
@@ -104,18 +103,3 @@ def test_stalled_watch_connections_are_abandoned_and_the_view_catches_up(
     finally:
         extender.stop()
         proxy.close()
-
-
-def knows(extender: Extender, node: str) -> bool:
-    body = {
-        "Pod": {"metadata": {"name": "probe", "namespace": "e2e"}, "spec": {}},
-        "NodeNames": [node],
-    }
-    request = urllib.request.Request(
-        extender.url + "/explain",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        rows = json.loads(response.read())["nodes"]
-    return bool(rows) and "unknown to kvsched" not in rows[0]["reason"]

@@ -4,6 +4,7 @@ kvsched extender run as its own process in cluster mode."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from scheduler.inventory.status import format_time, now
+from support import k8s
 from support.controlplane import REPO_ROOT, ApiError, ControlPlane
 from topology.model import NodeTopology
 
@@ -111,6 +113,21 @@ class Extender(ChildProcess):
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         wait_until(self.ready, timeout=60, what=f"extender ready on {self.url}")
+
+    def knows(self, node: str) -> bool:
+        """Whether `node` is in the extender's view (its /explain stops calling it unknown)."""
+        body = {
+            "Pod": {"metadata": {"name": "probe", "namespace": NAMESPACE}, "spec": {}},
+            "NodeNames": [node],
+        }
+        request = urllib.request.Request(
+            self.url + "/explain",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            rows = json.loads(response.read())["nodes"]
+        return bool(rows) and "unknown to kvsched" not in rows[0]["reason"]
 
     def ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -335,23 +352,17 @@ class Cluster:
                 "metadata": {"name": node},
             },
         )
-        status = {
-            "gpus": [
-                {
-                    "index": g.index,
-                    "uuid": f"GPU-{node}-{g.index}",
-                    "product": product,
-                    "memoryBytes": memory_bytes,
-                    "numaNode": g.numa_node,
-                }
-                for g in topology.gpus
-            ],
-            "links": topology.codes(),
-            "allocated": [{"index": i, "pod": pod} for i, pod in allocated],
-            "modelCache": {"capacityBytes": 2**41, "models": list(models)},
-            "observedAt": format_time(now()),
-            "source": "agent",
-        }
+        # Observed now: the controller trusts an agent report only while it is fresh.
+        status = k8s.inventory(
+            node,
+            topology,
+            memory_bytes=memory_bytes,
+            product=product,
+            models=models,
+            allocated=allocated,
+            cache_bytes=2**41,
+            observed_at=format_time(now()),
+        )["status"]
         self.cp.request(
             "PATCH",
             f"{INVENTORY_PATH}/{node}/status",
@@ -381,21 +392,7 @@ class Cluster:
         }
         if gated:
             spec["schedulingGates"] = [{"name": "kvsched.io/e2e-hold"}]
-        self.cp.request(
-            "POST",
-            f"/api/v1/namespaces/{NAMESPACE}/pods",
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": name,
-                    "annotations": dict(annotations or {}),
-                    "labels": {"e2e-test": self.test_id, **(labels or {})},
-                },
-                "spec": spec,
-            },
-        )
-        self.pods.append(name)
+        self._create_pod(name, spec, annotations, labels)
         return name
 
     def ungate(self, name: str) -> None:
@@ -436,12 +433,13 @@ class Cluster:
         )
         return message
 
-    def run_pod(
-        self, name: str, node: str, *, gpus: int = 1, annotations: Mapping[str, str] | None = None
-    ) -> str:
-        """A pod already on `node` (nodeName set at create, as a kubelet-era pod) and marked
-        Running through the status subresource: what the controller learns residency from."""
-        container = _container(gpus)
+    def _create_pod(
+        self,
+        name: str,
+        spec: Mapping[str, Any],
+        annotations: Mapping[str, str] | None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         self.cp.request(
             "POST",
             f"/api/v1/namespaces/{NAMESPACE}/pods",
@@ -451,12 +449,20 @@ class Cluster:
                 "metadata": {
                     "name": name,
                     "annotations": dict(annotations or {}),
-                    "labels": {"e2e-test": self.test_id},
+                    "labels": {"e2e-test": self.test_id, **(labels or {})},
                 },
-                "spec": {"nodeName": node, "containers": [container]},
+                "spec": dict(spec),
             },
         )
         self.pods.append(name)
+
+    def run_pod(
+        self, name: str, node: str, *, gpus: int = 1, annotations: Mapping[str, str] | None = None
+    ) -> str:
+        """A pod already on `node` (nodeName set at create, as a kubelet-era pod) and marked
+        Running through the status subresource: what the controller learns residency from."""
+        container = _container(gpus)
+        self._create_pod(name, {"nodeName": node, "containers": [container]}, annotations)
         self.cp.request(
             "PATCH",
             f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/status",

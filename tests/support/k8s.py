@@ -111,6 +111,8 @@ def inventory(
     models: Iterable[Mapping[str, Any]] = (),
     allocated: Iterable[tuple[int, str]] = (),
     bandwidth: Mapping[str, float] | None = None,
+    cache_bytes: int = 2**42,
+    observed_at: str = "2026-11-28T08:00:00Z",
 ) -> dict[str, Any]:
     return {
         "apiVersion": "kvsched.io/v1alpha1",
@@ -129,9 +131,9 @@ def inventory(
             ],
             "links": topology.codes(),
             "allocated": [{"index": i, "pod": pod} for i, pod in allocated],
-            "modelCache": {"capacityBytes": 2**42, "models": list(models)},
+            "modelCache": {"capacityBytes": cache_bytes, "models": list(models)},
             "bandwidth": dict(bandwidth or {}),
-            "observedAt": "2026-11-28T08:00:00Z",
+            "observedAt": observed_at,
             "source": "agent",
         },
     }

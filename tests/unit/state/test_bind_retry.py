@@ -79,6 +79,17 @@ def first_bind_in_flight(store: ClusterStore, binder: SlowBinder) -> dict[str, o
     return outcome
 
 
+def retry_while_the_first_is_released(store: ClusterStore, binder: SlowBinder) -> BindResult:
+    """kube-scheduler's retry, started while the first bind waits; the first is then let go."""
+    retried: list[BindResult] = []
+    retry = threading.Thread(target=lambda: retried.append(store.bind("llm", "p", UID, "a")))
+    retry.start()
+    binder.release.set()
+    retry.join(10)
+    assert retried, "the retry did not return"
+    return retried[0]
+
+
 def finish(outcome: dict[str, object]) -> None:
     thread = outcome["thread"]
     assert isinstance(thread, threading.Thread)
@@ -102,16 +113,12 @@ def test_a_retry_while_the_first_call_is_under_way_fails_instead_of_claiming_bou
 def test_a_retry_gets_the_first_calls_gpus_once_it_succeeded(binder: SlowBinder) -> None:
     store = make_store(binder, wait_s=10)
     first = first_bind_in_flight(store, binder)
-    retried: dict[str, BindResult] = {}
-    retry = threading.Thread(target=lambda: retried.update(r=store.bind("llm", "p", UID, "a")))
-    retry.start()
-    binder.release.set()
-    retry.join(10)
+    retried = retry_while_the_first_is_released(store, binder)
     finish(first)
     result = first["result"]
     assert isinstance(result, BindResult) and not result.already_bound
-    assert retried["r"].already_bound
-    assert retried["r"].assignment == result.assignment
+    assert retried.already_bound
+    assert retried.assignment == result.assignment
     assert len(binder.calls) == 1
 
 
@@ -119,19 +126,15 @@ def test_a_retry_binds_afresh_when_the_first_call_failed(binder: SlowBinder) -> 
     store = make_store(binder, wait_s=10)
     binder.fail_first = True
     first = first_bind_in_flight(store, binder)
-    retried: dict[str, BindResult] = {}
-    retry = threading.Thread(target=lambda: retried.update(r=store.bind("llm", "p", UID, "a")))
-    retry.start()
-    binder.release.set()
-    retry.join(10)
+    retried = retry_while_the_first_is_released(store, binder)
     finish(first)
     assert isinstance(first["error"], BindError)
     # The pod is bound by the retry's own API call, not reported bound from the failed one.
     assert len(binder.calls) == 2
-    assert not retried["r"].already_bound
+    assert not retried.already_bound
     record = store.pod(UID)
-    assert record is not None and record.assignment == retried["r"].assignment
-    assert len(retried["r"].assignment.indices) == 4
+    assert record is not None and record.assignment == retried.assignment
+    assert len(retried.assignment.indices) == 4
 
 
 def test_after_a_failed_first_call_alone_nothing_is_held(binder: SlowBinder) -> None:
