@@ -399,6 +399,10 @@ class BindWatch:
         self.thread.join(5)
 
 
+NO_EVENTS_PHASE = "kvsched-no-events"
+CPU_COLUMNS = ("etcd", "kube-apiserver", "kube-scheduler", "kvsched extender", "benchmark client")
+
+
 @dataclass
 class PhaseResult:
     profile: str
@@ -422,6 +426,12 @@ class PhaseResult:
     @property
     def pending(self) -> int:
         return self.pods - self.bound
+
+    def cpu_ms_per_pod(self) -> dict[str, float]:
+        """Milliseconds of CPU per bound pod, per process (CPU_COLUMNS) and `all` of them."""
+        per_pod = {c: 1000 * self.cpu[c] / max(self.bound, 1) for c in CPU_COLUMNS if c in self.cpu}
+        per_pod["all"] = sum(per_pod.values())
+        return per_pod
 
     @property
     def drain_rate(self) -> float:
@@ -516,16 +526,6 @@ def extender_pid(extender: Extender | None) -> dict[str, int]:
     return {"kvsched extender": extender.process.pid}
 
 
-def phase_meter(
-    plane: ControlPlane, scheduler: subprocess.Popen[bytes], extender: Extender | None
-) -> CpuMeter:
-    meter = CpuMeter(
-        {**plane_pids(plane), "kube-scheduler": scheduler.pid, **extender_pid(extender)}
-    )
-    meter.sample()
-    return meter
-
-
 def plane_pids(plane: ControlPlane) -> dict[str, int]:
     pids = {"benchmark client": os.getpid()}
     for name in ("etcd", "kube-apiserver"):
@@ -556,11 +556,13 @@ def run_phase(
     calls = [lambda b=b: api.call("POST", path, b) for b in bodies]
     scheduler = None
     try:
+        meter = CpuMeter({**plane_pids(plane), **extender_pid(extender)})
         if args.arrival == "stream":
             t_sched = time.monotonic()
             scheduler = plane.start_scheduler(config)
             sched_start = time.monotonic() - t_sched
-            meter = phase_meter(plane, scheduler, extender)
+            meter.pids["kube-scheduler"] = scheduler.pid
+            meter.sample()
             origin = time.monotonic()
             api.parallel(args.workers, calls)
             create_s = time.monotonic() - origin
@@ -569,7 +571,6 @@ def run_phase(
             api.parallel(args.workers, calls)
             create_s = time.monotonic() - t_create
             time.sleep(2.0)  # let the apiserver (and the extender's watches) settle
-            meter = CpuMeter({**plane_pids(plane), **extender_pid(extender)})
             meter.sample()
             origin = time.monotonic()
             scheduler = plane.start_scheduler(config)
@@ -765,10 +766,6 @@ def fmt(value: float, digits: int = 1) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-NO_EVENTS_PHASE = "kvsched-no-events"
-CPU_COLUMNS = ("etcd", "kube-apiserver", "kube-scheduler", "kvsched extender", "benchmark client")
-
-
 def cpu_table(results: Sequence[PhaseResult]) -> list[str]:
     """CPU milliseconds per bound pod, per process, from the scheduler's start to the last
     bind."""
@@ -782,23 +779,19 @@ def cpu_table(results: Sequence[PhaseResult]) -> list[str]:
         "|---|" + "---:|" * (len(CPU_COLUMNS) + 2),
     ]
     for r in results:
-        per_pod = {k: 1000 * v / max(r.bound, 1) for k, v in r.cpu.items()}
+        per_pod = r.cpu_ms_per_pod()
         cells = [fmt(per_pod[c], 1) if c in per_pod else "-" for c in CPU_COLUMNS]
-        total = sum(per_pod.get(c, 0.0) for c in CPU_COLUMNS)
         busy = r.cpu["machine"] / r.cpu["window s"] if r.cpu.get("window s") else float("nan")
         lines.append(
-            f"| {r.profile} | " + " | ".join(cells) + f" | {fmt(total, 1)} | {fmt(busy, 2)} |"
+            f"| {r.profile} | " + " | ".join(cells) + f" | {fmt(per_pod['all'], 1)} "
+            f"| {fmt(busy, 2)} |"
         )
-    default, kv = results[0], results[1]
-    d_total = sum(1000 * default.cpu.get(c, 0.0) / max(default.bound, 1) for c in CPU_COLUMNS)
-    k_total = sum(1000 * kv.cpu.get(c, 0.0) / max(kv.bound, 1) for c in CPU_COLUMNS)
+    default, kv = results[0].cpu_ms_per_pod(), results[1].cpu_ms_per_pod()
+    d_total, k_total = default["all"], kv["all"]
     if k_total:
 
         def extra(name: str) -> float:
-            return 1000 * (
-                kv.cpu.get(name, 0.0) / max(kv.bound, 1)
-                - default.cpu.get(name, 0.0) / max(default.bound, 1)
-            )
+            return kv.get(name, 0.0) - default.get(name, 0.0)
 
         lines += [
             "",
