@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from scheduler.simulate.engine import RunResult
 from scheduler.simulate.metrics import Metrics
@@ -28,6 +29,14 @@ def write_plots(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def finish(fig: Any, ax: Any, title: str, path: Path) -> Path:
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
     folder.mkdir(parents=True, exist_ok=True)
     names = [m.policy for m in metrics]
     paths = []
@@ -41,12 +50,7 @@ def write_plots(
     ax.bar([p + width / 2 for p in positions], [m.p95_ready_s for m in metrics], width, label="p95")
     ax.set_xticks(positions, names)
     ax.set_ylabel("estimated time to ready (s)")
-    ax.set_title("Time to ready per policy")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(folder / "time_to_ready.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(finish(fig, ax, "Time to ready per policy", folder / "time_to_ready.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for result in results:
@@ -61,12 +65,7 @@ def write_plots(
     ax.set_xscale("log")
     ax.set_xlabel("estimated time to ready (s, log)")
     ax.set_ylabel("share of placed pods")
-    ax.set_title("CDF of time to ready")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(folder / "time_to_ready_cdf.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(finish(fig, ax, "CDF of time to ready", folder / "time_to_ready_cdf.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for result in results:
@@ -76,10 +75,5 @@ def write_plots(
     ax.set_xlabel("simulated time (h)")
     ax.set_ylabel("free GPUs unusable by an 8-GPU pod")
     ax.set_ylim(0, 1.05)
-    ax.set_title("GPU fragmentation over time")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(folder / "fragmentation.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(finish(fig, ax, "GPU fragmentation over time", folder / "fragmentation.png"))
     return paths
