@@ -29,7 +29,7 @@ nodes and the same pods for both profiles:
    evaluated on its node with the benchmark pods bound before it holding their GPUs. This
    gives the estimated time to ready (engine init + weight bytes / bandwidth of the tier the
    weights are in on that node) and the best GPU set available on that node at that moment.
-   The GPUs a pod got: kvsched's `kvsched.io/assigned-gpus`; under the default profile no one
+   The GPUs a pod got: kvsched's `kvsched.io/predicted-gpus`; under the default profile no one
    chooses, and the set is taken as the lowest free indices (what the NVIDIA device plugin
    hands out without a preferred-allocation policy; its best-effort policy would do better,
    so the default's GPU-set column is a lower bound for a pool running that policy).
@@ -85,8 +85,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from support.controlplane import ControlPlane, ControlPlaneUnavailable  # noqa: E402
 from support.e2e import Extender, kubectl, scheduler_config  # noqa: E402
 
-from scheduler.core.assignment import GpuAssignment  # noqa: E402
-from scheduler.core.demand import A_ASSIGNED_GPUS, PodDemand, parse_demand  # noqa: E402
+from scheduler.core.assignment import GpuPrediction  # noqa: E402
+from scheduler.core.demand import A_PREDICTED_GPUS, PodDemand, parse_demand  # noqa: E402
 from scheduler.core.node import NodeState  # noqa: E402
 from scheduler.core.placement import evaluate  # noqa: E402
 from scheduler.demo.cluster import KINDS, inventory_object, llm_pod, node_object  # noqa: E402
@@ -707,8 +707,8 @@ def replay(
         verdict = evaluate(demand, state)
         free = sorted(state.free_gpus)
         if result.profile == "kvsched":
-            raw = (result.final[name]["metadata"].get("annotations") or {}).get(A_ASSIGNED_GPUS)
-            chosen = tuple(GpuAssignment.decode(raw).indices) if raw else tuple(free[: demand.gpus])
+            raw = (result.final[name]["metadata"].get("annotations") or {}).get(A_PREDICTED_GPUS)
+            chosen = tuple(GpuPrediction.decode(raw).indices) if raw else tuple(free[: demand.gpus])
         else:
             chosen = tuple(free[: demand.gpus])  # device plugin: lowest free indices
         if not set(chosen) <= state.free_gpus or len(chosen) != demand.gpus:
@@ -968,7 +968,7 @@ def report(
         "before holding their GPUs. Ready = engine init 30 s + weight bytes / bandwidth of the "
         "best tier holding the weights on that node (network when none); residency as at setup "
         "(the benchmark pods' own loads are not added). GPUs taken: kvsched's "
-        "`kvsched.io/assigned-gpus`; default profile: the lowest free indices (the NVIDIA "
+        "`kvsched.io/predicted-gpus`; default profile: the lowest free indices (the NVIDIA "
         "device plugin without a preferred-allocation policy; with its best-effort policy the "
         "default's GPU-set share would be higher). 'Best GPU set' = the best set of the node's "
         "free GPUs at that moment (same quality counts). 'Placed where it does not fit' = "

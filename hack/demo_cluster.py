@@ -74,7 +74,7 @@ def outcome(plane: ControlPlane, namespace: str, name: str) -> tuple[str, str, s
         annotations = pod["metadata"].get("annotations") or {}
         if node:
             placement = annotations.get("kvsched.io/placement", "(bound without kvsched)")
-            assigned = annotations.get("kvsched.io/assigned-gpus", "")
+            assigned = annotations.get("kvsched.io/predicted-gpus", "")
             gpus = assigned.split('"indices":[')[1].split("]")[0] if assigned else "-"
             return node, gpus, placement
         events = plane.request(

@@ -73,12 +73,18 @@ def run(args: argparse.Namespace) -> int:
         if row["fits"]:
             cold = row.get("coldStart", {})
             print(
-                f"  {row['node']:<12} score {row['score']:>2}  gpus {row['gpus']}  "
+                f"  {row['node']:<12} score {row['score']:>2}  "
+                f"predicted gpus {row['predictedGpus']}  "
                 f"set {row.get('gpuSet', {}).get('tier', '-')}  weights {cold.get('tier', '-')}"
                 f"  ready {cold.get('readySeconds', '-')}s  terms {row['terms']}"
             )
         else:
             print(f"  {row['node']:<12} no: {row['reason']}")
+        held = ", ".join(
+            f"{h['index']}:{h['pod'] or '-'} ({h['source']})" for h in row.get("heldGpus", [])
+        )
+        if held:
+            print(f"  {'':<12} held: {held}")
     return 0
 
 

@@ -34,7 +34,7 @@ Rules (the tests pin each of them down):
   and no node keeps more than ``max_models_per_node`` models (the CRD's limit), so the
   history stays bounded.
 * **Allocations.** A pod bound to the node, not finished, asking for GPUs and carrying a
-  ``kvsched.io/assigned-gpus`` annotation for that node holds those GPU indices, model or not.
+  ``kvsched.io/predicted-gpus`` annotation for that node holds those GPU indices, model or not.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class PodUse:
     ``Succeeded``/``Failed``. Neither: bound but not started (``Pending``/``Unknown``).
     ``last_seen``: ``now`` unless stopped; when stopped, the latest container ``finishedAt``
     (never later than ``now``), else ``now``. ``gpu_indices``: the GPUs the pod holds
-    (empty once it finished, or without an ``assigned-gpus`` annotation for its node).
+    (empty once it finished, or without an ``predicted-gpus`` annotation for its node).
     """
 
     pod: str

@@ -1,9 +1,18 @@
-"""The `kvsched.io/assigned-gpus` annotation: which GPUs of its node a pod was given.
+"""The `kvsched.io/predicted-gpus` annotation: the GPUs kvsched predicts the device plugin will
+hand the pod on its node.
 
-Written at bind, read back when the cluster state is rebuilt (a restart loses nothing because
-the assignment lives on the pod in the API server). JSON so that tools can read it:
+kvsched decides the node; on the node the kubelet asks the NVIDIA device plugin, which picks
+whole GPUs itself (go-gpuallocator's best-effort policy over the free devices the kubelet
+lists in random order) and reads no kvsched annotation. So this is a *prediction*
+(topology.deviceplugin), written at bind so that the GPUs count as taken until the truth is
+known, and read back when the cluster state is rebuilt (a restart loses nothing). As soon as
+the node agent reports the kubelet's own allocation (PodResources, `allocatedSource: kubelet`
+in the NodeInventory), that truth replaces the prediction in kvsched's accounting.
+
+JSON so that tools can read it:
 ``{"node": "gpu-a", "indices": [0, 1], "uuids": ["GPU-…", "GPU-…"]}``; `uuids` is empty when
-the node's GPU UUIDs are unknown (no inventory).
+the node's GPU UUIDs are unknown (no inventory). The annotation's earlier name,
+`kvsched.io/assigned-gpus`, is still read.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from datetime import UTC, datetime
 
 
 @dataclass(frozen=True, slots=True)
-class GpuAssignment:
+class GpuPrediction:
     node: str
     indices: tuple[int, ...]
     uuids: tuple[str, ...] = ()
@@ -27,7 +36,7 @@ class GpuAssignment:
         )
 
     @classmethod
-    def decode(cls, text: str) -> GpuAssignment:
+    def decode(cls, text: str) -> GpuPrediction:
         """Parse the annotation; ValueError with the reason when it is not one of ours."""
         data = _json_object(text)
         node = data.get("node")

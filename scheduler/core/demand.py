@@ -38,8 +38,12 @@ A_GANG_SIZE = PREFIX + "gang-size"
 A_TOPOLOGY_KEY = PREFIX + "topology-key"
 A_ROLE = PREFIX + "role"
 A_KV_PEER = PREFIX + "kv-peer"
-# Annotations kvsched writes at bind.
-A_ASSIGNED_GPUS = PREFIX + "assigned-gpus"
+# Annotations kvsched writes at bind. predicted-gpus is kvsched's *prediction* of the GPUs the
+# device plugin will hand the pod (nothing on the node reads it; the kubelet's PodResources
+# report, through the agent, replaces it as soon as it is known).
+A_PREDICTED_GPUS = PREFIX + "predicted-gpus"
+# The same annotation's name before kvsched said plainly that it predicts: read, never written.
+A_LEGACY_ASSIGNED_GPUS = PREFIX + "assigned-gpus"
 A_PLACEMENT = PREFIX + "placement"
 A_RESERVATION = PREFIX + "reservation"
 
@@ -61,7 +65,12 @@ USER_ANNOTATIONS = frozenset(
         A_KV_PEER,
     }
 )
-KNOWN_ANNOTATIONS = USER_ANNOTATIONS | {A_ASSIGNED_GPUS, A_PLACEMENT, A_RESERVATION}
+KNOWN_ANNOTATIONS = USER_ANNOTATIONS | {
+    A_PREDICTED_GPUS,
+    A_LEGACY_ASSIGNED_GPUS,
+    A_PLACEMENT,
+    A_RESERVATION,
+}
 
 # Group identity from other projects' conventions (facts.md).
 LWS_GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
@@ -448,8 +457,9 @@ def _string_map(value: object, where: str) -> Mapping[str, str]:
 
 
 __all__ = [
-    "A_ASSIGNED_GPUS",
+    "A_LEGACY_ASSIGNED_GPUS",
     "A_PLACEMENT",
+    "A_PREDICTED_GPUS",
     "GPU_RESOURCE",
     "DemandError",
     "GangRef",

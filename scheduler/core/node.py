@@ -79,14 +79,37 @@ class CachedModel:
     size_bytes: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GpuHolder:
+    """Who holds one GPU, and on whose word: ``kubelet`` (the node agent read the kubelet's
+    PodResources API: the truth), ``prediction`` (kvsched's prediction of the device plugin's
+    choice, until the truth is known) or ``unavailable`` (the kubelet does not offer the GPU:
+    unhealthy or reserved; ``pod`` is empty)."""
+
+    pod: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionMismatch:
+    """A bound pod whose GPUs, as the kubelet reports them, differ from kvsched's prediction."""
+
+    pod: str
+    predicted: tuple[int, ...]
+    actual: tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class NodeState:
     """One node as the placement core sees it.
 
     `free_gpus` are indices known to be free. `unindexed_busy` counts GPUs held by pods whose
     GPU indices nobody reported (bound by another scheduler, no inventory): they are subtracted
-    from the free count, and the set choice assumes they took the lowest free indices, which
-    is what the NVIDIA device plugin does on an idle node.
+    from the free count, charged to the lowest free indices (a guess: nobody can know which).
+
+    `holders` (per busy GPU: which pod, on whose word) and `mismatches` (predictions the
+    kubelet contradicted) are for explain and metrics; they are not part of the shape, so
+    nodes that differ only in who holds their GPUs still share evaluations.
     """
 
     name: str
@@ -100,6 +123,8 @@ class NodeState:
     bandwidth: Bandwidth = field(default_factory=Bandwidth)
     labels: Mapping[str, str] = field(default_factory=dict)
     source: str = "labels"
+    holders: Mapping[int, GpuHolder] = field(default_factory=dict, compare=False, repr=False)
+    mismatches: tuple[PredictionMismatch, ...] = field(default=(), compare=False, repr=False)
     shape: tuple[object, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -109,7 +109,7 @@ class NodeEvaluation:
         """One line for the `kvsched.io/placement` annotation and the demo table."""
         if not self.fits:
             return self.reason
-        parts = [f"gpus={','.join(map(str, self.gpus))}"]
+        parts = [f"predicted-gpus={','.join(map(str, self.gpus))}"]
         if self.cold_start is not None:
             parts.append(
                 f"weights={self.cold_start.tier.label} ready~{self.cold_start.ready_seconds:.0f}s"

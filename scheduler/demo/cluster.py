@@ -168,6 +168,8 @@ def inventory_object(name: str, kind: NodeKind) -> dict[str, Any]:
             "gpus": gpus,
             "links": topology.codes(),
             "allocated": allocated,
+            # The demo's busy GPUs stand for what the node agent read from the kubelet.
+            "allocatedSource": "kubelet",
             "modelCache": {"capacityBytes": 4 * 2**40, "models": models},
             "bandwidth": {"localDisk": 6e9, "hostMemory": 22e9, "network": 1.2e9},
             "observedAt": OBSERVED_AT,

@@ -162,7 +162,7 @@ class SchedulerEmulator:
         rows = {row["node"]: row for row in explanation["nodes"]}
         chosen = rows[node]
         outcome.node, outcome.score = node, scores[node]
-        outcome.gpu_indices = chosen["gpus"]
+        outcome.gpu_indices = chosen["predictedGpus"]
         outcome.gpu_set = chosen.get("gpuSet", {}).get("tier", "")
         cold = chosen.get("coldStart")
         if cold is not None:
@@ -225,7 +225,7 @@ def render(outcomes: Sequence[Outcome]) -> str:
         "GPUS",
         "MODEL",
         "NODE",
-        "GPU IDS",
+        "PREDICTED GPUS",
         "GPU SET",
         "WEIGHTS FROM",
         "READY",

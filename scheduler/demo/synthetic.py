@@ -52,6 +52,7 @@ def synthetic_cluster(
             status["allocated"] = [
                 {"index": g, "pod": f"default/{pod}"} for pod, gpus in busy for g in gpus
             ]
+            status["allocatedSource"] = "kubelet"
             status["modelCache"]["models"] = [
                 {
                     "name": model,

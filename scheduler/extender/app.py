@@ -242,6 +242,7 @@ def create_app(
     )
     app.state.store = store
     app.state.metrics = metrics
+    store.observer = metrics
     app.state.events = recorder
 
     bind_slots = anyio.CapacityLimiter(API_CONNECTIONS)

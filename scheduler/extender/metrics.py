@@ -72,6 +72,12 @@ class ExtenderMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.prediction_mismatches = Counter(
+            "kvsched_gpu_prediction_mismatches",
+            "Bound pods whose GPUs, as the kubelet reported them through the node agent, differ "
+            "from kvsched's prediction of the device plugin's choice (once per pod and GPU set).",
+            registry=self.registry,
+        )
         self.synced = Gauge(
             "kvsched_cluster_synced",
             "1 once the cluster view is loaded (offline) or listed (cluster mode).",
@@ -84,6 +90,10 @@ class ExtenderMetrics:
 
     def listed(self, kind: str, count: int) -> None:
         self.listed_objects.labels(kind).set(count)
+
+    # StoreObserver: the store reports here as it rebuilds nodes.
+    def prediction_mismatch(self, node: str, pod: str) -> None:
+        self.prediction_mismatches.inc()
 
     # EventObserver: the event recorder reports here.
     def event_recorded(self, reason: str, outcome: str) -> None:

@@ -10,10 +10,15 @@ Who owns what, whichever of them writes:
 * **Agent facts**: ``gpus``, ``links``, ``bandwidth``, ``cache_capacity_bytes``,
   ``observed_at`` and the ``host-memory``/``local-disk`` tier of each model. A fresh agent
   report (``observed_at`` at most ``agent_stale_after_s`` old) wins over the controller.
-* **Controller facts**: ``allocated`` (from the pods' ``assigned-gpus``) and the ``gpu`` tier
-  (a running pod of that model on the node). A ``gpu`` entry the controller no longer
-  confirms is demoted by the next controller write, whoever wrote it: without that, an entry
-  upgraded while an engine ran would outlive the engine, since both merges keep ``gpu``.
+* **Allocations**: the kubelet's list, as the agent read it from the PodResources API
+  (``allocatedSource: kubelet``), is the truth and is never overwritten by the controller's
+  list, which only mirrors kvsched's predictions (the pods' ``predicted-gpus`` annotations,
+  ``allocatedSource: prediction``). The controller's list stands only where no fresh agent
+  vouches for the kubelet's.
+* **Controller facts**: the ``gpu`` tier (a running pod of that model on the node). A
+  ``gpu`` entry the controller no longer confirms is demoted by the next controller write,
+  whoever wrote it: without that, an entry upgraded while an engine ran would outlive the
+  engine, since both merges keep ``gpu``.
 * **Both**: ``lastUsed`` of a model both list is the newer of the two; ``sizeBytes`` is the
   report's when known, else the other's.
 
@@ -56,8 +61,11 @@ def merge_agent_report(current: InventoryStatus | None, report: InventoryStatus)
 
     * ``source`` is ``agent``; ``gpus``, ``links``, ``bandwidth``, ``cache_capacity_bytes``,
       ``observed_at`` and ``problems`` are the report's.
-    * ``allocated`` is ``current``'s (the controller's) when there is a current status, else
-      the report's.
+    * ``allocated``: the report's when it carries the kubelet's list (the truth wins);
+      otherwise ``current``'s predictions, if that is what ``current`` holds. A kubelet list
+      in ``current`` that this report cannot confirm (the agent could not read the kubelet
+      this cycle) is dropped rather than republished under a fresh ``observedAt``.
+    * ``allocatableGpus`` is the report's (None when the kubelet was not read).
     * Models: every model the report lists. Where ``current`` lists it at ``gpu`` tier, the
       tier stays ``gpu`` (the better of the two: only the controller sees engines run);
       otherwise the report's tier stands (``host-memory`` vs ``local-disk`` is the agent's
@@ -78,16 +86,24 @@ def merge_agent_report(current: InventoryStatus | None, report: InventoryStatus)
                 continue
             tier = "gpu" if old.tier == "gpu" else new.tier
             models[key] = _combine(new, old, tier)
+    if report.allocations_are_truth:
+        allocated, allocated_source = report.allocated, report.allocated_source
+    elif current is not None and current.allocated_source == "prediction":
+        allocated, allocated_source = current.allocated, current.allocated_source
+    else:
+        allocated, allocated_source = (), None
     return InventoryStatus(
         source="agent",
         gpus=report.gpus,
         links=report.links,
-        allocated=current.allocated if current is not None else report.allocated,
+        allocated=_sorted_allocations(allocated),
         cache_capacity_bytes=report.cache_capacity_bytes,
         models=_sorted(models.values()),
         bandwidth=dict(report.bandwidth),
         observed_at=report.observed_at,
         problems=report.problems,
+        allocated_source=allocated_source,
+        allocatable_gpus=report.allocatable_gpus,
     )
 
 
@@ -105,7 +121,8 @@ def merge_controller_view(
     the agent's status is kept as it is (``source`` stays ``agent``, ``observed_at``,
     hardware facts and capacity unchanged) except that
 
-    * ``allocated`` becomes the controller's;
+    * ``allocated`` stays the agent's when it is the kubelet's list, and becomes the
+      controller's predictions otherwise;
     * a model the controller has at ``gpu`` tier is added, or upgraded to ``gpu`` if listed;
     * a ``gpu`` entry the controller does not have at ``gpu`` tier is demoted to the
       controller's tier for it, or, for a model the controller does not know, to
@@ -116,9 +133,10 @@ def merge_controller_view(
       looked at the cache).
 
     **No agent, or a stale one**: ``source`` is ``controller``, models and allocations are the
-    controller's, the capacity is ``capacity_bytes`` and ``observed_at`` is ``now``; ``gpus``,
-    ``links`` and ``bandwidth`` are kept from ``current`` when present, since hardware facts
-    of a silent agent stay true far longer than its cache facts.
+    controller's (allocations as predictions: a silent agent's kubelet list is not trusted),
+    the capacity is ``capacity_bytes`` and ``observed_at`` is ``now``; ``gpus``, ``links`` and
+    ``bandwidth`` are kept from ``current`` when present, since hardware facts of a silent
+    agent stay true far longer than its cache facts.
     """
     learned = _dedupe(models)
     if current is not None and agent_is_fresh(current, now, settings):
@@ -135,14 +153,20 @@ def merge_controller_view(
                 merged[key] = _combine(entry, mine, "gpu" if mine.tier == "gpu" else entry.tier)
             elif mine.tier == "gpu":
                 merged[key] = mine
+        if current.allocations_are_truth:
+            return replace(current, models=_sorted(merged.values()))
         return replace(
-            current, allocated=_sorted_allocations(allocated), models=_sorted(merged.values())
+            current,
+            allocated=_sorted_allocations(allocated),
+            allocated_source="prediction",
+            models=_sorted(merged.values()),
         )
     return InventoryStatus(
         source="controller",
         gpus=current.gpus if current is not None else (),
         links=current.links if current is not None else (),
         allocated=_sorted_allocations(allocated),
+        allocated_source="prediction",
         cache_capacity_bytes=capacity_bytes,
         models=_sorted(learned.values()),
         bandwidth=dict(current.bandwidth) if current is not None else {},

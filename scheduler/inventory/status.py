@@ -14,6 +14,10 @@ from typing import Any
 
 TIERS = ("gpu", "host-memory", "local-disk")
 SOURCES = ("agent", "controller")
+# Who vouches for `allocated`: the kubelet (the agent read its PodResources API: the truth),
+# or kvsched's own prediction of the device plugin's choice (the controller mirrors the pods'
+# kvsched.io/predicted-gpus annotations). Only the kubelet's list counts in placement.
+ALLOCATION_SOURCES = ("kubelet", "prediction")
 
 
 def now() -> dt.datetime:
@@ -99,10 +103,24 @@ class InventoryStatus:
     bandwidth: Mapping[str, float] = field(default_factory=dict)
     observed_at: dt.datetime | None = None
     problems: tuple[str, ...] = field(default=(), compare=False)
+    # "kubelet" or "prediction" (see ALLOCATION_SOURCES); None: unknown, not trusted.
+    allocated_source: str | None = None
+    # GPU indices the kubelet can hand out (PodResources GetAllocatableResources: healthy,
+    # not reserved); None when not read.
+    allocatable_gpus: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source {self.source!r} not one of {SOURCES}")
+        if self.allocated_source is not None and self.allocated_source not in ALLOCATION_SOURCES:
+            raise ValueError(
+                f"allocatedSource {self.allocated_source!r} not one of {ALLOCATION_SOURCES}"
+            )
+
+    @property
+    def allocations_are_truth(self) -> bool:
+        """Whether `allocated` is the kubelet's own list (and so wins over predictions)."""
+        return self.allocated_source == "kubelet"
 
     def with_models(self, models: tuple[ModelEntry, ...]) -> InventoryStatus:
         return replace(self, models=models)
@@ -115,6 +133,10 @@ class InventoryStatus:
         if self.links:
             status["links"] = [list(row) for row in self.links]
         status["allocated"] = [a.to_dict() for a in self.allocated]
+        if self.allocated_source is not None:
+            status["allocatedSource"] = self.allocated_source
+        if self.allocatable_gpus is not None:
+            status["allocatableGpus"] = sorted(self.allocatable_gpus)
         cache: dict[str, Any] = {"models": [m.to_dict() for m in self.models]}
         if self.cache_capacity_bytes is not None:
             cache["capacityBytes"] = self.cache_capacity_bytes
@@ -156,6 +178,19 @@ class InventoryStatus:
                 allocated.append(Allocation(int(item["index"]), str(item["pod"])))
             except (KeyError, TypeError, ValueError) as exc:
                 problems.append(f"allocated entry {item!r}: {exc}")
+        allocated_source = status.get("allocatedSource")
+        if allocated_source is not None and allocated_source not in ALLOCATION_SOURCES:
+            problems.append(f"allocatedSource {allocated_source!r} unknown; not trusted")
+            allocated_source = None
+        allocatable_gpus: tuple[int, ...] | None = None
+        raw_allocatable = status.get("allocatableGpus")
+        if raw_allocatable is not None:
+            if isinstance(raw_allocatable, list) and all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in raw_allocatable
+            ):
+                allocatable_gpus = tuple(sorted(set(raw_allocatable)))
+            else:
+                problems.append("allocatableGpus is not a list of GPU indices; ignored")
         cache = status.get("modelCache") if isinstance(status.get("modelCache"), Mapping) else {}
         assert isinstance(cache, Mapping)
         models: list[ModelEntry] = []
@@ -192,6 +227,8 @@ class InventoryStatus:
             else {},
             observed_at=observed_at,
             problems=tuple(problems),
+            allocated_source=allocated_source,
+            allocatable_gpus=allocatable_gpus,
         )
 
 

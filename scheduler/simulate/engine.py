@@ -5,7 +5,7 @@ The simulated cluster is a :class:`~scheduler.state.store.ClusterStore` in offli
 
 * the pool's Node objects once;
 * each pod when it arrives (pending, no node), and bound and ``Running`` once placed, with
-  its ``kvsched.io/assigned-gpus`` as the bind wrote it; deleted when its replica departs;
+  its ``kvsched.io/predicted-gpus`` as the bind wrote it; deleted when its replica departs;
 * one NodeInventory per node whose ``status.modelCache`` is what the inventory controller
   would write: the controller's own :class:`~scheduler.controller.residency.ResidencyTracker`
   fed the same pod events at simulated times, read with ``learned()`` (GPU-resident while a
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from scheduler.controller.residency import ResidencySettings, ResidencyTracker
-from scheduler.core.assignment import GpuAssignment
-from scheduler.core.demand import A_ASSIGNED_GPUS, PodDemand
+from scheduler.core.assignment import GpuPrediction
+from scheduler.core.demand import A_PREDICTED_GPUS, PodDemand
 from scheduler.core.node import NodeState, Tier
 from scheduler.core.placement import DEFAULT_SCORING, ScoringConfig, evaluate
 from scheduler.models.catalog import Catalog
@@ -357,7 +357,7 @@ def _bound_object(pod: Mapping[str, Any], node: str, gpus: tuple[int, ...]) -> d
     meta = dict(pod["metadata"])
     annotations = dict(meta.get("annotations") or {})
     if gpus:
-        annotations[A_ASSIGNED_GPUS] = GpuAssignment(node, gpus).encode()
+        annotations[A_PREDICTED_GPUS] = GpuPrediction(node, gpus).encode()
     meta["annotations"] = annotations
     spec = dict(pod.get("spec") or {})
     spec["nodeName"] = node

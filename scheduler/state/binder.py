@@ -1,7 +1,7 @@
-"""Cluster-mode bind: one pods/binding write that also records the GPU choice on the pod.
+"""Cluster-mode bind: one pods/binding write that also records kvsched's GPU prediction.
 
-The binding carries the `kvsched.io/assigned-gpus` and `kvsched.io/placement` annotations,
-which the API server copies onto the pod as it binds it: the assignment is durable exactly
+The binding carries the `kvsched.io/predicted-gpus` and `kvsched.io/placement` annotations,
+which the API server copies onto the pod as it binds it: the prediction is durable exactly
 when the binding is (it is how a restarted extender rebuilds its GPU map), with one API call
 per pod.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from scheduler.core.assignment import GpuAssignment, GpuReservation
-from scheduler.core.demand import A_ASSIGNED_GPUS, A_PLACEMENT, A_RESERVATION
+from scheduler.core.assignment import GpuPrediction, GpuReservation
+from scheduler.core.demand import A_PLACEMENT, A_PREDICTED_GPUS, A_RESERVATION
 from scheduler.state.kube import ClusterApi, ConflictError, KubeError, NotFoundError
 from scheduler.state.objects import PodRecord, pod_record
 from scheduler.state.store import BindError
@@ -36,10 +36,10 @@ class ApiBinder:
             raise BindError(f"cannot record reservation on pod {namespace}/{name}: {exc}") from None
 
     def bind(
-        self, pod: PodRecord, assignment: GpuAssignment, placement: str
-    ) -> GpuAssignment | None:
+        self, pod: PodRecord, assignment: GpuPrediction, placement: str
+    ) -> GpuPrediction | None:
         node = assignment.node
-        annotations = {A_ASSIGNED_GPUS: assignment.encode(), A_PLACEMENT: placement}
+        annotations = {A_PREDICTED_GPUS: assignment.encode(), A_PLACEMENT: placement}
         try:
             self.api.bind_pod(pod.namespace, pod.name, pod.uid, node, annotations)
         except ConflictError:

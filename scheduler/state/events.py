@@ -118,12 +118,13 @@ def _truncate(text: str, limit: int) -> str:
 
 
 def placement_note(node: str, result: BindResult) -> str:
-    """E.g. `Placed on gpu-7, GPUs 0,1,2,3: weights=host-memory ready~46s set=nvlink-complete
-    headroom=18.3 GiB/gpu`, from the placement summary the bind recorded on the pod."""
+    """E.g. `Placed on gpu-7, predicted GPUs 0,1,2,3: weights=host-memory ready~46s
+    set=nvlink-complete headroom=18.3 GiB/gpu`, from the placement summary the bind recorded
+    on the pod. "Predicted": the node's device plugin picks the GPUs, kvsched foresees them."""
     indices = ",".join(map(str, result.assignment.indices))
     # The summary starts with the GPUs, which the sentence already names.
-    detail = result.placement.removeprefix(f"gpus={indices}").strip()
-    gpus = f"GPUs {indices}" if indices else "no GPUs"
+    detail = result.placement.removeprefix(f"predicted-gpus={indices}").strip()
+    gpus = f"predicted GPUs {indices}" if indices else "no GPUs"
     return f"Placed on {node}, {gpus}" + (f": {detail}" if detail else "")
 
 

@@ -16,7 +16,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from scheduler.core.assignment import GpuAssignment, GpuReservation
+from scheduler.core.assignment import GpuPrediction, GpuReservation
 from scheduler.state.objects import PodRecord
 
 RESERVED_PHASE = "Reserved"
@@ -41,7 +41,7 @@ class Reserved:
             name=self.name,
             node=node,
             gpus=len(self.reservation.indices),
-            assignment=GpuAssignment(node, self.reservation.indices),
+            assignment=GpuPrediction(node, self.reservation.indices),
             model=None,
             phase=RESERVED_PHASE,
             gang=self.reservation.gang,

@@ -9,19 +9,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
-from scheduler.core.assignment import GpuAssignment, GpuReservation
+from scheduler.core.assignment import GpuPrediction, GpuReservation
 from scheduler.core.demand import (
-    A_ASSIGNED_GPUS,
+    A_LEGACY_ASSIGNED_GPUS,
     A_MODEL,
+    A_PREDICTED_GPUS,
     A_RESERVATION,
     A_ROLE,
     DemandError,
     gang_of,
     gpu_request,
 )
-from scheduler.core.node import Bandwidth, CachedModel, NodeState, Tier
+from scheduler.core.node import (
+    Bandwidth,
+    CachedModel,
+    GpuHolder,
+    NodeState,
+    PredictionMismatch,
+    Tier,
+)
 from scheduler.core.quantity import parse_quantity, parse_whole_quantity
 from scheduler.models.catalog import Catalog
 from topology.hardware import lookup_product
@@ -46,7 +54,7 @@ class PodRecord:
     name: str
     node: str | None
     gpus: int
-    assignment: GpuAssignment | None
+    assignment: GpuPrediction | None
     model: str | None
     phase: str
     gang: str | None = None  # "namespace/name" of its all-or-nothing group
@@ -76,12 +84,14 @@ def pod_record(pod: Mapping[str, Any]) -> PodRecord:
         log.warning("pod %s/%s: cannot count GPUs: %s", namespace, name, exc)
         gpus = 0
     assignment = None
-    raw = annotations.get(A_ASSIGNED_GPUS)
+    raw = annotations.get(A_PREDICTED_GPUS, annotations.get(A_LEGACY_ASSIGNED_GPUS))
     if isinstance(raw, str):
         try:
-            assignment = GpuAssignment.decode(raw)
+            assignment = GpuPrediction.decode(raw)
         except ValueError as exc:
-            log.warning("pod %s/%s: ignoring %s=%r: %s", namespace, name, A_ASSIGNED_GPUS, raw, exc)
+            log.warning(
+                "pod %s/%s: ignoring %s=%r: %s", namespace, name, A_PREDICTED_GPUS, raw, exc
+            )
     reservation = None
     raw_reservation = annotations.get(A_RESERVATION)
     if isinstance(raw_reservation, str):
@@ -132,8 +142,13 @@ class NodeFacts:
     source: str
     product: str | None
     memory: int
-    # GPUs the inventory's `allocated` list shows as held, and by which pod ("" unknown).
-    inventory_owners: dict[int, str]
+    # GPUs the kubelet reports held, and by which pod ("" unknown): the inventory's `allocated`
+    # list when `allocatedSource` is `kubelet` (the agent read PodResources). A list the
+    # controller mirrored from kvsched's predictions is not read: the pods' own
+    # predicted-gpus annotations say the same, fresher.
+    kubelet_owners: dict[int, str]
+    # GPU indices the kubelet can hand out (`allocatableGpus`); None when not reported.
+    kubelet_allocatable: frozenset[int] | None
     models: dict[str, tuple[CachedModel, ...]]
     bandwidth: Bandwidth
 
@@ -151,10 +166,15 @@ def node_facts(
     topology, source = _topology(name, inv_status, product_label, allocatable)
     count = topology.gpu_count if topology is not None else 0
     owners: dict[int, str] = {}
-    for entry in _list(inv_status.get("allocated")):
-        index, owner = _mapping(entry).get("index"), _mapping(entry).get("pod")
-        if isinstance(index, int) and 0 <= index < count:
-            owners[index] = str(owner or "")
+    if inv_status.get("allocatedSource") == "kubelet":
+        for entry in _list(inv_status.get("allocated")):
+            index, owner = _mapping(entry).get("index"), _mapping(entry).get("pod")
+            if _is_index(index, count):
+                owners[index] = str(owner or "")
+    raw_allocatable = inv_status.get("allocatableGpus")
+    offered: frozenset[int] | None = None
+    if isinstance(raw_allocatable, list):
+        offered = frozenset(i for i in raw_allocatable if _is_index(i, count))
     return NodeFacts(
         name=name,
         labels=labels,
@@ -163,7 +183,8 @@ def node_facts(
         source=source,
         product=_product_name(topology, product_label),
         memory=_gpu_memory(topology if source == "inventory" else None, labels, product_label),
-        inventory_owners=owners,
+        kubelet_owners=owners,
+        kubelet_allocatable=offered,
         models=_models(inv_status, catalog),
         bandwidth=_bandwidth(inv_status),
     )
@@ -180,34 +201,60 @@ def node_state(
 
 
 def node_state_from(facts: NodeFacts, pods: Iterable[PodRecord]) -> NodeState:
-    """The node's state: its facts plus the GPUs its pods hold."""
+    """The node's state: its facts plus the GPUs its pods hold, each pod counted once.
+
+    A pod the kubelet reports (the agent's PodResources list) holds exactly the GPUs the
+    kubelet gave it, whatever kvsched predicted; a pod it does not report yet (just bound, or
+    no agent) holds its predicted GPUs; a pod with no usable prediction holds some GPUs
+    nobody can name (``unindexed_busy``). A prediction that collides with a GPU the kubelet
+    gave someone else was wrong: the pod's GPU is counted, but as unindexed. GPUs the
+    kubelet does not offer (unhealthy, reserved) are busy.
+    """
     name, topology = facts.name, facts.topology
     count = topology.gpu_count if topology is not None else 0
-    owners = dict(facts.inventory_owners)
-    used = set(owners)
+    holders: dict[int, GpuHolder] = {}
+    truth: dict[str, set[int]] = {}
+    for index, ref in facts.kubelet_owners.items():
+        holders[index] = GpuHolder(ref, "kubelet")
+        truth.setdefault(ref, set()).add(index)
+    offered = facts.kubelet_allocatable
+    if offered is not None:
+        for index in range(count):
+            if index not in offered and index not in holders:
+                holders[index] = GpuHolder("", "unavailable")
     unindexed = 0
+    mismatches: list[PredictionMismatch] = []
     for pod in pods:
         if not pod.holds_gpus or pod.node != name:
             continue
-        claimed = set(pod.assignment.indices) if pod.assignment is not None else set()
-        valid = (
-            pod.assignment is not None
-            and pod.assignment.node == name
-            and all(0 <= i < count for i in claimed)
+        prediction = pod.assignment
+        predicted = (
+            prediction.indices
+            if prediction is not None
+            and prediction.node == name
+            and len(prediction.indices) == pod.gpus
+            and all(0 <= i < count for i in prediction.indices)
+            else None
         )
-        if valid and len(claimed) == pod.gpus:
-            clash = [i for i in claimed if i in used and owners.get(i) not in ("", pod.ref)]
-            if clash:
-                log.warning("node %s: pod %s claims GPUs %s held by others", name, pod.ref, clash)
-            used |= claimed
-            owners.update(dict.fromkeys(claimed, pod.ref))
-        elif pod.ref in owners.values():
-            continue  # the inventory already placed this pod's GPUs
-        else:
+        actual = truth.get(pod.ref)
+        if actual is not None:
+            if predicted is not None and set(predicted) != actual:
+                mismatches.append(
+                    PredictionMismatch(pod.ref, tuple(sorted(predicted)), tuple(sorted(actual)))
+                )
+            continue  # counted above, from the kubelet's word
+        if predicted is None:
             unindexed += pod.gpus
-    # GPUs the topology shows but the kubelet does not offer (unhealthy, reserved) are busy.
-    unindexed += max(0, count - facts.allocatable)
-    free = frozenset(range(count)) - used
+            continue
+        for index in predicted:
+            if index in holders:
+                unindexed += 1  # the prediction is wrong here: the GPU went to someone else
+            else:
+                holders[index] = GpuHolder(pod.ref, "prediction")
+    if offered is None:
+        # GPUs the topology shows but the kubelet does not offer (unhealthy, reserved).
+        unindexed += max(0, count - facts.allocatable)
+    free = frozenset(range(count)).difference(holders)
     return NodeState(
         name=name,
         topology=topology,
@@ -220,6 +267,8 @@ def node_state_from(facts: NodeFacts, pods: Iterable[PodRecord]) -> NodeState:
         bandwidth=facts.bandwidth,
         labels=facts.labels,
         source=facts.source,
+        holders=holders,
+        mismatches=tuple(mismatches),
     )
 
 
@@ -382,6 +431,10 @@ def _opt_int(value: object) -> int | None:
         return int(value)
     except ValueError:
         return None
+
+
+def _is_index(value: object, count: int) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < count
 
 
 def _opt_str(value: object) -> str | None:

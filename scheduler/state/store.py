@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from cachetools import LRUCache
 
-from scheduler.core.assignment import GpuAssignment, GpuReservation, uuids_for
+from scheduler.core.assignment import GpuPrediction, GpuReservation, uuids_for
 from scheduler.core.demand import PodDemand, parse_demand
 from scheduler.core.gang import (
     DEFAULT_TOPOLOGY_KEYS,
@@ -77,8 +77,8 @@ class Binder(Protocol):
     mode posts pods/binding and annotates pods."""
 
     def bind(
-        self, pod: PodRecord, assignment: GpuAssignment, placement: str
-    ) -> GpuAssignment | None:
+        self, pod: PodRecord, assignment: GpuPrediction, placement: str
+    ) -> GpuPrediction | None:
         """Bind `pod` with `assignment`. Returns None, or, when the API server had bound the
         pod already (an earlier call that went through), the GPUs that binding recorded."""
         ...
@@ -88,12 +88,21 @@ class Binder(Protocol):
         ...
 
 
+class StoreObserver(Protocol):
+    """Told about what the store learns as it rebuilds nodes (the extender's metrics)."""
+
+    def prediction_mismatch(self, node: str, pod: str) -> None:
+        """The kubelet gave `pod` other GPUs than kvsched predicted (counted once per pod and
+        GPU set)."""
+        ...
+
+
 class InMemoryBinder:
     """Offline mode: the store's own record is the only record."""
 
     def bind(
-        self, pod: PodRecord, assignment: GpuAssignment, placement: str
-    ) -> GpuAssignment | None:
+        self, pod: PodRecord, assignment: GpuPrediction, placement: str
+    ) -> GpuPrediction | None:
         log.info("bound %s to %s gpus=%s (%s)", pod.ref, pod.node, assignment.indices, placement)
         return None
 
@@ -112,7 +121,7 @@ class FilterResult:
 
 @dataclass(frozen=True, slots=True)
 class BindResult:
-    assignment: GpuAssignment
+    assignment: GpuPrediction
     placement: str
     already_bound: bool
 
@@ -190,6 +199,12 @@ class ClusterStore:
         self._memo: LRUCache[tuple[object, ...], _DemandMemo] = LRUCache(memo_pods)
         # Pods seen by filter/prioritize, by UID: bind gets only names and must re-evaluate.
         self._seen: LRUCache[str, PodDemand] = LRUCache(pending_pods)
+        # Predictions the kubelet contradicted, each counted once: (node, pod, actual GPUs).
+        self._mismatches_seen: LRUCache[tuple[str, str, tuple[int, ...]], bool] = LRUCache(
+            pending_pods
+        )
+        self.prediction_mismatches = 0
+        self.observer: StoreObserver | None = None
         self.synced = False
 
     # ---- feeding -------------------------------------------------------------------------
@@ -339,7 +354,24 @@ class ClusterStore:
         else:
             facts = node_facts(node, inventory, self.catalog)
             self._facts[name] = (node, inventory, facts)
-        self._entries[name] = self._entry(node_state_from(facts, pods))
+        state = node_state_from(facts, pods)
+        self._entries[name] = self._entry(state)
+        for mismatch in state.mismatches:
+            key = (name, mismatch.pod, mismatch.actual)
+            if key in self._mismatches_seen:
+                continue
+            self._mismatches_seen[key] = True
+            self.prediction_mismatches += 1
+            log.debug(
+                "node %s: pod %s predicted on GPUs %s, the kubelet gave it %s; counting the "
+                "kubelet's",
+                name,
+                mismatch.pod,
+                list(mismatch.predicted),
+                list(mismatch.actual),
+            )
+            if self.observer is not None:
+                self.observer.prediction_mismatch(name, mismatch.pod)
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -806,13 +838,13 @@ class ClusterStore:
             phase="Pending",
             gang=plan.gang,
         )
-        return record, f"gpus={','.join(map(str, plan.indices))} gang={plan.gang}"
+        return record, f"predicted-gpus={','.join(map(str, plan.indices))} gang={plan.gang}"
 
     def reservation_count(self) -> int:
         """GPU reservations of gang plans still waiting for their members to bind."""
         return sum(len(self._gangs.plan(g) or {}) for g in self._gangs.gangs())
 
-    def allocations(self) -> dict[str, GpuAssignment]:
+    def allocations(self) -> dict[str, GpuPrediction]:
         """Pod ref -> assignment, for every pod holding indexed GPUs."""
         return {
             pod.ref: pod.assignment
@@ -833,6 +865,10 @@ class ClusterStore:
         pairs = list(zip(names, self.evaluations(demand, names, extra), strict=True))
         scores = {s.node: s for s in relative_scores(pairs, self.scoring)}
         rows = [explain_row(name, evaluation, scores[name]) for name, evaluation in pairs]
+        for row in rows:
+            entry = self._entries.get(row["node"])
+            if entry is not None:
+                row["heldGpus"] = held_gpus(entry.state)
         terms = self.kv_peer_terms(demand, names)
         if terms is not None:
             blended = blend_locality([r["score"] for r in rows], terms, self.scoring.kv_peer_weight)
@@ -844,11 +880,22 @@ class ClusterStore:
         return rows
 
 
-def _assignment(node: str, state: NodeState, indices: tuple[int, ...]) -> GpuAssignment:
+def _assignment(node: str, state: NodeState, indices: tuple[int, ...]) -> GpuPrediction:
     """The chosen GPUs with their UUIDs where the node's inventory knows them."""
     topology = state.topology
     uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
-    return GpuAssignment(node, indices, uuids_for(indices, uuid_by_index))
+    return GpuPrediction(node, indices, uuids_for(indices, uuid_by_index))
+
+
+def held_gpus(state: NodeState) -> list[dict[str, Any]]:
+    """The node's busy GPUs for explain: per GPU the pod holding it and on whose word
+    (`kubelet`: the truth the agent read; `prediction`: kvsched's, until the truth is known;
+    `unavailable`: the kubelet does not offer it). GPUs charged to pods nobody indexed are
+    counted in `unindexed` on the node, not listed here."""
+    return [
+        {"index": index, "pod": holder.pod, "source": holder.source}
+        for index, holder in sorted(state.holders.items())
+    ]
 
 
 def explain_row(name: str, evaluation: NodeEvaluation, scored: ScoredNode) -> dict[str, Any]:
@@ -860,7 +907,9 @@ def explain_row(name: str, evaluation: NodeEvaluation, scored: ScoredNode) -> di
         "score": scored.score,
         "raw": round(scored.raw, 4),
         "terms": {k: round(v, 4) for k, v in scored.terms.items()},
-        "gpus": list(evaluation.gpus),
+        # What kvsched predicts the device plugin will hand the pod on this node: the node's
+        # kubelet decides, and the agent reports what it really gave.
+        "predictedGpus": list(evaluation.gpus),
     }
     if evaluation.gpu_set is not None:
         row["gpuSet"] = {

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from support.k8s import cpu_node, gpu_node, pod
 
-from scheduler.core.assignment import GpuAssignment
+from scheduler.core.assignment import GpuPrediction
 from scheduler.extender.app import AppSettings, create_app
 from scheduler.models.catalog import Catalog
 from scheduler.state.offline import ClusterObjects
@@ -42,7 +42,7 @@ def cluster_objects() -> ClusterObjects:
         node="gpu-busy",
         phase="Running",
         annotations={
-            "kvsched.io/assigned-gpus": GpuAssignment("gpu-busy", (0, 1, 2, 3, 4, 5)).encode()
+            "kvsched.io/predicted-gpus": GpuPrediction("gpu-busy", (0, 1, 2, 3, 4, 5)).encode()
         },
     )
     waiting = pod("waiting", gpus=2, namespace="llm")

@@ -136,7 +136,7 @@ def test_explain_with_a_pod_covers_every_node(client: TestClient) -> None:
     rows = {row["node"]: row for row in data["nodes"]}
     assert set(rows) == set(KNOWN)
     assert rows["gpu-a"]["fits"] and rows["gpu-a"]["reason"] == "fits"
-    assert len(rows["gpu-a"]["gpus"]) == 2
+    assert len(rows["gpu-a"]["predictedGpus"]) == 2
     assert {"ready", "gpu_set", "right_size", "fragmentation"} <= set(rows["gpu-a"]["terms"])
     assert rows["gpu-a"]["coldStart"]["tier"] == "network"
     assert not rows["cpu-1"]["fits"] and rows["cpu-1"]["reason"]

@@ -78,7 +78,7 @@ def test_a_bind_gets_one_placement_event_and_a_retried_bind_none(
             assert response.json() == {"Error": ""}
     assert api.reasons() == [PLACED]
     event = api.events[0][1]
-    assert event["note"].startswith("Placed on gpu-a, GPUs ")
+    assert event["note"].startswith("Placed on gpu-a, predicted GPUs ")
     assert "weights=network" in event["note"] and "set=" in event["note"]
     assert event["related"]["name"] == "gpu-a"
 

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.e2e
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 SCHEDULER_NAME = "kvsched-bind-kill"
-ASSIGNED = "kvsched.io/assigned-gpus"
+ASSIGNED = "kvsched.io/predicted-gpus"
 BINDING_POST = f"POST /api/v1/namespaces/{NAMESPACE}/bindings ".encode()
 # As in test_faults.py: the informers back off up to 30 s and kube-scheduler retries pods
 # with backoff (up to 10 s between tries).

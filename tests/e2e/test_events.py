@@ -65,7 +65,7 @@ def test_a_placed_pod_gets_a_placement_event_saying_why(cluster: Cluster) -> Non
     event = wait_kvsched_event(cluster, "placed", "KvschedPlaced")
     assert event["type"] == "Normal"
     assert event["involvedObject"]["uid"] == pod["metadata"]["uid"]
-    assert event["message"].startswith(f"Placed on {warm}, GPUs ")
+    assert event["message"].startswith(f"Placed on {warm}, predicted GPUs ")
     assert "weights=host-memory" in event["message"] and "ready~" in event["message"]
     assert event["related"]["name"] == warm
     assert "KvschedPlaced" in kubectl_events(cluster, "placed")

@@ -25,7 +25,7 @@ RESUME_WITHIN_S = 90
 
 def indices(cluster: Cluster, name: str) -> set[int]:
     pod = cluster.get_pod(name)
-    return set(json.loads(pod["metadata"]["annotations"]["kvsched.io/assigned-gpus"])["indices"])
+    return set(json.loads(pod["metadata"]["annotations"]["kvsched.io/predicted-gpus"])["indices"])
 
 
 def test_api_server_restart_mid_run(

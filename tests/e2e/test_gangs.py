@@ -47,7 +47,7 @@ def test_four_member_group_lands_inside_one_zone(cluster: Cluster) -> None:
     assert {where[n] for n in nodes} == {"b"} and len(set(nodes)) == 4
     for m in members:
         assigned = json.loads(
-            cluster.get_pod(m)["metadata"]["annotations"]["kvsched.io/assigned-gpus"]
+            cluster.get_pod(m)["metadata"]["annotations"]["kvsched.io/predicted-gpus"]
         )
         assert assigned["indices"] == list(range(8))
 

@@ -21,7 +21,7 @@ LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 
 def assigned(pod: dict[str, object]) -> dict[str, object]:
     annotations = pod["metadata"]["annotations"]  # type: ignore[index]
-    value: dict[str, object] = json.loads(annotations["kvsched.io/assigned-gpus"])
+    value: dict[str, object] = json.loads(annotations["kvsched.io/predicted-gpus"])
     return value
 
 
@@ -103,7 +103,7 @@ def test_pod_without_gpus_is_not_sent_to_the_extender(cluster: Cluster, extender
     before = extender.metric("kvsched_extender_requests_total", verb="filter")
     cluster.pod("no-gpu", gpus=0)
     pod = cluster.wait_bound("no-gpu")
-    assert "kvsched.io/assigned-gpus" not in (pod["metadata"].get("annotations") or {})
+    assert "kvsched.io/predicted-gpus" not in (pod["metadata"].get("annotations") or {})
     assert extender.metric("kvsched_extender_requests_total", verb="filter") == before
 
 

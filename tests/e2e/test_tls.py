@@ -163,7 +163,7 @@ def test_scheduler_calls_the_extender_over_mutual_tls(
             annotations={"kvsched.io/model": "meta-llama/Llama-3.1-8B-Instruct"},
         )
         pod = cluster.wait_bound("over-tls")
-        assert "kvsched.io/assigned-gpus" in pod["metadata"]["annotations"]
+        assert "kvsched.io/predicted-gpus" in pod["metadata"]["annotations"]
     finally:
         cluster.cp.stop_scheduler(scheduler)
 

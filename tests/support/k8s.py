@@ -113,7 +113,11 @@ def inventory(
     bandwidth: Mapping[str, float] | None = None,
     cache_bytes: int = 2**42,
     observed_at: str = "2026-11-28T08:00:00Z",
+    allocated_source: str | None = "kubelet",
 ) -> dict[str, Any]:
+    """An agent-written NodeInventory; `allocated` is the kubelet's list unless
+    `allocated_source` says otherwise (None: the field is left out)."""
+    extra = {} if allocated_source is None else {"allocatedSource": allocated_source}
     return {
         "apiVersion": "kvsched.io/v1alpha1",
         "kind": "NodeInventory",
@@ -131,6 +135,7 @@ def inventory(
             ],
             "links": topology.codes(),
             "allocated": [{"index": i, "pod": pod} for i, pod in allocated],
+            **extra,
             "modelCache": {"capacityBytes": cache_bytes, "models": list(models)},
             "bandwidth": dict(bandwidth or {}),
             "observedAt": observed_at,

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.core.assignment import GpuAssignment, GpuReservation
+from scheduler.core.assignment import GpuPrediction, GpuReservation
 from scheduler.core.demand import KNOWN_ANNOTATIONS, parse_demand
 from scheduler.extender.wire import WireError, parse_binding_args, parse_extender_args
 from scheduler.models.catalog import Catalog, spec_from_hf_config
@@ -180,7 +180,7 @@ def test_extender_envelopes_are_accepted_or_rejected_with_a_message(body: Any) -
 @fuzz(300)
 @given(st.text(alphabet=string.printable, max_size=80) | json_values.map(str))
 def test_annotation_codecs_accept_or_explain(text: str) -> None:
-    for codec in (GpuAssignment, GpuReservation):
+    for codec in (GpuPrediction, GpuReservation):
         try:
             codec.decode(text)
         except ValueError as exc:

@@ -16,13 +16,13 @@ from scheduler.controller.residency import (
     cache_capacity_bytes,
     pod_use,
 )
-from scheduler.core.assignment import GpuAssignment
+from scheduler.core.assignment import GpuPrediction
 from scheduler.core.node import Tier
 from scheduler.inventory.merge import merge_controller_view
 from scheduler.inventory.status import Allocation, InventoryStatus, ModelEntry
 from scheduler.models.catalog import Catalog
 from scheduler.models.kvplan import weights_bytes
-from scheduler.state.objects import node_state
+from scheduler.state.objects import node_state, pod_record
 
 CATALOG = Catalog.builtin()
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
@@ -50,7 +50,7 @@ def model_pod(
 ) -> dict[str, Any]:
     annotations = model_annotations(model, **extra)
     if gpus:
-        annotations["kvsched.io/assigned-gpus"] = GpuAssignment(
+        annotations["kvsched.io/predicted-gpus"] = GpuPrediction(
             assigned_node or node or "n1", gpus
         ).encode()
     obj = pod(name, gpus=max(len(gpus), 1), node=node, phase=phase, annotations=annotations)
@@ -336,7 +336,7 @@ def test_allocations_come_from_assigned_gpus_of_bound_unfinished_pods() -> None:
         gpus=2,
         node="n1",
         phase="Running",
-        annotations={"kvsched.io/assigned-gpus": GpuAssignment("n1", (6, 5)).encode()},
+        annotations={"kvsched.io/predicted-gpus": GpuPrediction("n1", (6, 5)).encode()},
     )
     t.observe_pod(plain, at(0))
     t.observe_pod(model_pod("done", phase="Succeeded", gpus=(2,)), at(0))
@@ -416,12 +416,18 @@ def test_what_the_controller_learns_is_what_the_extender_reads() -> None:
     models, allocations = t.learned("n1", at(10), BIG)
     status = merge_controller_view(None, models, allocations, BIG, at(10), t.settings)
     inventory = {"metadata": {"name": "n1"}, "status": status.to_status()}
-    state = node_state(gpu_node("n1"), inventory, [], CATALOG)
+    assert inventory["status"]["allocatedSource"] == "prediction"
+    running = pod_record(model_pod("a", gpus=(0, 1)))
+    state = node_state(gpu_node("n1"), inventory, [running], CATALOG)
     gpu_copy = state.residency(LLAMA_8B_KEY, None)
     assert gpu_copy is not None and gpu_copy.tier == Tier.GPU
     cached_copy = state.residency("acme/b", None)
     assert cached_copy is not None and cached_copy.tier == Tier.HOST_MEMORY
     assert state.free_gpus == frozenset(range(2, 8))
+    assert {h.source for h in state.holders.values()} == {"prediction"}
+    # The controller's list mirrors predictions: the extender counts the pods' own
+    # annotations, not the mirror (which would count each pod twice, or a gone pod at all).
+    assert node_state(gpu_node("n1"), inventory, [], CATALOG).free_gpus == frozenset(range(8))
 
 
 # ---- properties ------------------------------------------------------------------------------

@@ -40,9 +40,12 @@ def agent(
     *models: ModelEntry,
     observed: float = 0,
     allocated: tuple[Allocation, ...] = (),
+    allocated_source: str | None = "kubelet",
 ) -> InventoryStatus:
+    """An agent report; by default its allocations are the kubelet's (PodResources read)."""
     return InventoryStatus(
         source="agent",
+        allocated_source=allocated_source,
         gpus=(GpuEntry(0, "GPU-0", "H100", 80 * GI, 0), GpuEntry(1, "GPU-1", "H100", 80 * GI, 0)),
         links=(("X", "NV18"), ("NV18", "X")),
         allocated=allocated,
@@ -56,6 +59,7 @@ def agent(
 def controller(*models: ModelEntry, allocated: tuple[Allocation, ...] = ()) -> InventoryStatus:
     return InventoryStatus(
         source="controller",
+        allocated_source="prediction",
         allocated=allocated,
         cache_capacity_bytes=50 * GI,
         models=models,
@@ -76,7 +80,8 @@ def test_a_first_report_is_taken_as_it_is() -> None:
 
 def test_the_report_replaces_hardware_and_cache_facts_but_keeps_allocations() -> None:
     current = controller(m("gone", "local-disk"), allocated=ALLOC)
-    report = agent(m("x", "host-memory"), observed=30)
+    # No PodResources this cycle: the controller's predictions stay, marked as such.
+    report = agent(m("x", "host-memory"), observed=30, allocated_source=None)
     merged = merge_agent_report(current, report)
     assert merged.source == "agent"
     assert (merged.gpus, merged.links, merged.bandwidth) == (
@@ -87,7 +92,32 @@ def test_the_report_replaces_hardware_and_cache_facts_but_keeps_allocations() ->
     assert merged.cache_capacity_bytes == 100 * GI
     assert merged.observed_at == at(30)
     assert merged.allocated == ALLOC
+    assert merged.allocated_source == "prediction"
     assert merged.models == (m("x", "host-memory"),)  # "gone" is not in the agent's cache
+
+
+def test_the_kubelets_allocations_replace_the_predictions() -> None:
+    current = controller(allocated=(Allocation(0, "llm/a"), Allocation(1, "llm/a")))
+    truth = (Allocation(4, "llm/a"), Allocation(5, "llm/a"))
+    merged = merge_agent_report(current, agent(allocated=truth, observed=30))
+    assert (merged.allocated, merged.allocated_source) == (truth, "kubelet")
+
+
+def test_a_kubelet_list_the_agent_can_no_longer_read_is_dropped_not_republished() -> None:
+    current = agent(allocated=ALLOC, observed=0)
+    merged = merge_agent_report(current, agent(observed=60, allocated_source=None))
+    assert (merged.allocated, merged.allocated_source) == ((), None)
+
+
+def test_the_controller_never_overwrites_the_kubelets_allocations() -> None:
+    truth = (Allocation(4, "llm/a"), Allocation(5, "llm/a"))
+    current = agent(allocated=truth, observed=0)
+    predicted = (Allocation(0, "llm/a"), Allocation(1, "llm/a"))
+    merged = merge_controller_view(current, (), predicted, 5 * GI, at(300), S)
+    assert (merged.allocated, merged.allocated_source) == (truth, "kubelet")
+    # A stale agent's list is no longer vouched for: the predictions take over, marked so.
+    stale = merge_controller_view(current, (), predicted, 5 * GI, at(601), S)
+    assert (stale.allocated, stale.allocated_source) == (predicted, "prediction")
 
 
 def test_the_report_keeps_the_controllers_gpu_tier() -> None:
@@ -134,6 +164,7 @@ def test_over_a_fresh_agent_the_controller_adds_only_what_it_alone_knows() -> No
         m("warm", "host-memory", used=100),
         observed=0,
         allocated=(Allocation(1, "llm/old"),),
+        allocated_source="prediction",
     )
     learned = (
         m("now-running", "gpu", used=290, size=3 * GI),
@@ -199,6 +230,7 @@ def test_a_stale_agent_gives_way_but_its_hardware_facts_stay() -> None:
         models=learned,
         bandwidth=current.bandwidth,
         observed_at=at(601),
+        allocated_source="prediction",
     )
     assert merge_controller_view(current, learned, ALLOC, 5 * GI, at(600), S).source == "agent"
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from support.k8s import gpu_node, pod
 
-from scheduler.core.assignment import GpuAssignment
+from scheduler.core.assignment import GpuPrediction
 from scheduler.models.catalog import Catalog
 from scheduler.state.objects import PodRecord
 from scheduler.state.offline import ClusterObjects
@@ -36,7 +36,7 @@ class SlowBinder:
         self.fail_first = False
         self.calls: list[tuple[str, tuple[int, ...]]] = []
 
-    def bind(self, pod: PodRecord, assignment: GpuAssignment, placement: str) -> None:
+    def bind(self, pod: PodRecord, assignment: GpuPrediction, placement: str) -> None:
         self.calls.append((assignment.node, assignment.indices))
         if len(self.calls) == 1:
             self.entered.set()
@@ -158,18 +158,18 @@ class WatchThenTimeout:
         self.store_ref = store_ref
         self.bound_elsewhere = bound_elsewhere
 
-    def bind(self, record: PodRecord, assignment: GpuAssignment, placement: str) -> None:
+    def bind(self, record: PodRecord, assignment: GpuPrediction, placement: str) -> None:
         if record.uid != UID:
             return  # other pods bind normally
         node = self.bound_elsewhere or assignment.node
-        shown = GpuAssignment(node, assignment.indices)
+        shown = GpuPrediction(node, assignment.indices)
         self.store_ref[0].upsert_pod(
             pod(
                 "p",
                 gpus=4,
                 node=node,
                 uid=UID,
-                annotations={"kvsched.io/assigned-gpus": shown.encode()},
+                annotations={"kvsched.io/predicted-gpus": shown.encode()},
             )
         )
         raise BindError("binding pod llm/p: read timed out")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from support.events import FakeEventApi
 
-from scheduler.core.assignment import GpuAssignment
+from scheduler.core.assignment import GpuPrediction
 from scheduler.core.demand import PodDemand
 from scheduler.state.events import (
     BAD_POD_SPEC,
@@ -65,10 +65,10 @@ def rejected_everywhere() -> FilterResult:
 
 def bound(indices: tuple[int, ...] = (0, 1), node: str = "gpu-a") -> BindResult:
     placement = (
-        f"gpus={','.join(map(str, indices))} weights=host-memory ready~46s "
+        f"predicted-gpus={','.join(map(str, indices))} weights=host-memory ready~46s "
         "set=nvlink-complete headroom=18.3 GiB/gpu"
     )
-    return BindResult(GpuAssignment(node, indices), placement, already_bound=False)
+    return BindResult(GpuPrediction(node, indices), placement, already_bound=False)
 
 
 def recorder(api: FakeEventApi, outcomes: Outcomes | None = None, **kwargs: Any) -> EventRecorder:
@@ -86,7 +86,7 @@ def test_placement_event_names_node_gpus_and_what_decided() -> None:
     assert event["apiVersion"] == "events.k8s.io/v1"
     assert (event["reason"], event["type"], event["action"]) == (PLACED, "Normal", "Binding")
     assert event["note"] == (
-        "Placed on gpu-a, GPUs 0,1: weights=host-memory ready~46s set=nvlink-complete "
+        "Placed on gpu-a, predicted GPUs 0,1: weights=host-memory ready~46s set=nvlink-complete "
         "headroom=18.3 GiB/gpu"
     )
     assert event["regarding"] == {
@@ -105,9 +105,9 @@ def test_placement_event_names_node_gpus_and_what_decided() -> None:
 
 
 def test_placement_note_of_a_gang_member_and_of_a_pod_without_gpus() -> None:
-    gang = BindResult(GpuAssignment("gpu-b", (4, 5)), "gpus=4,5 gang=llm/tp", False)
-    assert placement_note("gpu-b", gang) == "Placed on gpu-b, GPUs 4,5: gang=llm/tp"
-    none = BindResult(GpuAssignment("cpu-1", ()), "gpus=", False)
+    gang = BindResult(GpuPrediction("gpu-b", (4, 5)), "predicted-gpus=4,5 gang=llm/tp", False)
+    assert placement_note("gpu-b", gang) == "Placed on gpu-b, predicted GPUs 4,5: gang=llm/tp"
+    none = BindResult(GpuPrediction("cpu-1", ()), "predicted-gpus=", False)
     assert placement_note("cpu-1", none) == "Placed on cpu-1, no GPUs"
 
 

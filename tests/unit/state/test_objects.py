@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.k8s import cached, cpu_node, gpu_node, inventory, pod
 
-from scheduler.core.assignment import GpuAssignment
+from scheduler.core.assignment import GpuPrediction
 from scheduler.core.node import Bandwidth, Tier
 from scheduler.models.catalog import Catalog
 from scheduler.state.objects import node_state, pod_record
@@ -24,7 +24,7 @@ LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def assigned(node: str, *indices: int, uuids: tuple[str, ...] = ()) -> dict[str, str]:
-    return {"kvsched.io/assigned-gpus": GpuAssignment(node, indices, uuids).encode()}
+    return {"kvsched.io/predicted-gpus": GpuPrediction(node, indices, uuids).encode()}
 
 
 def bound(name: str, node: str, gpus: int, *indices: int, phase: str = "Running") -> Any:
@@ -115,6 +115,107 @@ def test_inventory_allocated_entries_remove_those_indices() -> None:
     state = node_state(gpu_node("a"), inv, (), CATALOG)
     assert state.free_gpus == frozenset({1, 2, 3, 4, 6, 7})
     assert state.unindexed_busy == 0
+
+
+# ---- truth (the kubelet, through the agent) against prediction (kvsched's annotation) --------
+
+
+def held(state: Any) -> dict[int, tuple[str, str]]:
+    return {i: (h.pod, h.source) for i, h in state.holders.items()}
+
+
+def test_the_kubelets_gpus_replace_the_prediction_and_are_counted_once() -> None:
+    # kvsched predicted 0-3; the device plugin gave 4-7: the pod holds 4-7, and 0-3 are free.
+    inv = inventory("a", PRESETS["hgx-h100-8"], allocated=[(i, "llm/x") for i in (4, 5, 6, 7)])
+    state = node_state(gpu_node("a"), inv, [bound("x", "a", 4, 0, 1, 2, 3)], CATALOG)
+    assert state.free_gpus == frozenset({0, 1, 2, 3})
+    assert state.unindexed_busy == 0
+    assert held(state) == {i: ("llm/x", "kubelet") for i in (4, 5, 6, 7)}
+    assert [(m.pod, m.predicted, m.actual) for m in state.mismatches] == [
+        ("llm/x", (0, 1, 2, 3), (4, 5, 6, 7))
+    ]
+
+
+def test_a_prediction_counts_until_the_kubelet_reports_the_pod() -> None:
+    # The agent's last report predates the new pod: its prediction holds its GPUs meanwhile.
+    inv = inventory("a", PRESETS["hgx-h100-8"], allocated=[(0, "llm/old"), (1, "llm/old")])
+    pods = [bound("old", "a", 2, 0, 1), bound("new", "a", 2, 2, 3)]
+    state = node_state(gpu_node("a"), inv, pods, CATALOG)
+    assert state.free_gpus == frozenset(range(4, 8))
+    assert held(state) == {
+        0: ("llm/old", "kubelet"),
+        1: ("llm/old", "kubelet"),
+        2: ("llm/new", "prediction"),
+        3: ("llm/new", "prediction"),
+    }
+    assert state.mismatches == ()
+
+
+def test_a_prediction_on_gpus_the_kubelet_gave_another_pod_still_counts_the_pod() -> None:
+    # "new" was predicted on 4,5, which the kubelet gave "old": new holds two GPUs somewhere.
+    inv = inventory("a", PRESETS["hgx-h100-8"], allocated=[(4, "llm/old"), (5, "llm/old")])
+    pods = [bound("old", "a", 2, 0, 1), bound("new", "a", 2, 4, 5)]
+    state = node_state(gpu_node("a"), inv, pods, CATALOG)
+    assert state.free_gpus == frozenset({0, 1, 2, 3, 6, 7})
+    assert state.unindexed_busy == 2
+    assert len(state.usable_free_gpus) == 4  # 8 GPUs, 4 held: each pod counted once
+
+
+def test_a_pod_gone_from_the_kubelets_report_frees_its_gpus() -> None:
+    before = inventory("a", PRESETS["hgx-h100-8"], allocated=[(4, "llm/x"), (5, "llm/x")])
+    after = inventory("a", PRESETS["hgx-h100-8"], allocated=[])
+    assert node_state(gpu_node("a"), before, [], CATALOG).free_gpus == frozenset({0, 1, 2, 3, 6, 7})
+    assert node_state(gpu_node("a"), after, [], CATALOG).free_gpus == frozenset(range(8))
+
+
+def test_predictions_mirrored_by_the_controller_are_not_counted_again() -> None:
+    mirror = inventory(
+        "a",
+        PRESETS["hgx-h100-8"],
+        allocated=[(0, "llm/x"), (1, "llm/x")],
+        allocated_source="prediction",
+    )
+    state = node_state(gpu_node("a"), mirror, [bound("x", "a", 2, 0, 1)], CATALOG)
+    assert state.free_gpus == frozenset(range(2, 8))
+    assert held(state) == {0: ("llm/x", "prediction"), 1: ("llm/x", "prediction")}
+    # An allocated list nobody vouches for (no allocatedSource) is not the truth either.
+    unsigned = inventory(
+        "a", PRESETS["hgx-h100-8"], allocated=[(7, "llm/y")], allocated_source=None
+    )
+    assert node_state(gpu_node("a"), unsigned, [], CATALOG).free_gpus == frozenset(range(8))
+
+
+def test_gpus_the_kubelet_does_not_offer_are_unavailable() -> None:
+    inv = inventory("a", PRESETS["hgx-h100-8"])
+    inv["status"]["allocatableGpus"] = [0, 1, 2, 3, 4, 5, 7]  # GPU 6 unhealthy
+    state = node_state(gpu_node("a"), inv, [], CATALOG)
+    assert state.free_gpus == frozenset({0, 1, 2, 3, 4, 5, 7})
+    assert held(state) == {6: ("", "unavailable")}
+    assert state.unindexed_busy == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    truth=st.dictionaries(st.integers(0, 7), st.sampled_from(["llm/p0", "llm/p1", "llm/p2"])),
+    predictions=st.lists(
+        st.tuples(st.integers(1, 4), st.lists(st.integers(0, 7), unique=True, max_size=4)),
+        max_size=3,
+    ),
+)
+def test_each_pod_is_counted_once_whatever_truth_and_predictions_say(
+    truth: dict[int, str], predictions: list[tuple[int, list[int]]]
+) -> None:
+    inv = inventory("a", PRESETS["hgx-h100-8"], allocated=sorted(truth.items()))
+    pods = [
+        bound(f"p{n}", "a", gpus, *(indices if len(indices) == gpus else ()))
+        for n, (gpus, indices) in enumerate(predictions)
+    ]
+    state = node_state(gpu_node("a"), inv, pods, CATALOG)
+    reported = set(truth.values())
+    expected_busy = len(truth) + sum(
+        gpus for n, (gpus, _) in enumerate(predictions) if f"llm/p{n}" not in reported
+    )
+    assert 8 - len(state.free_gpus) + state.unindexed_busy == expected_busy
 
 
 def test_inventory_allocated_out_of_range_or_junk_is_ignored() -> None:
@@ -255,9 +356,9 @@ def test_bound_pods_without_annotation_count_as_unindexed_busy() -> None:
 @pytest.mark.parametrize(
     "annotation",
     [
-        pytest.param(GpuAssignment("other-node", (0, 1)).encode(), id="other-node"),
-        pytest.param(GpuAssignment("a", (0,)).encode(), id="too-few-indices"),
-        pytest.param(GpuAssignment("a", (7, 8)).encode(), id="index-out-of-range"),
+        pytest.param(GpuPrediction("other-node", (0, 1)).encode(), id="other-node"),
+        pytest.param(GpuPrediction("a", (0,)).encode(), id="too-few-indices"),
+        pytest.param(GpuPrediction("a", (7, 8)).encode(), id="index-out-of-range"),
         pytest.param("not json", id="not-json"),
         pytest.param(json.dumps({"node": "a", "indices": [1, 1]}), id="duplicate-indices"),
     ],
@@ -269,7 +370,7 @@ def test_unusable_annotation_still_counts_the_pods_gpus(annotation: str) -> None
             gpus=2,
             node="a",
             phase="Running",
-            annotations={"kvsched.io/assigned-gpus": annotation},
+            annotations={"kvsched.io/predicted-gpus": annotation},
         )
     )
     state = node_state(gpu_node("a"), None, [record], CATALOG)
@@ -308,7 +409,7 @@ def test_pod_record_reads_the_assignment_and_defaults() -> None:
         annotations={**assigned("a", 2, 3, uuids=("GPU-2", "GPU-3")), "kvsched.io/model": LLAMA_8B},
     )
     record = pod_record(obj)
-    assert record.assignment == GpuAssignment("a", (2, 3), ("GPU-2", "GPU-3"))
+    assert record.assignment == GpuPrediction("a", (2, 3), ("GPU-2", "GPU-3"))
     assert record.gpus == 2 and record.node == "a" and record.model == LLAMA_8B
     assert record.ref == "llm/x" and record.uid == "uid-llm-x"
     bare = pod_record({"metadata": {"name": "p"}, "spec": {"containers": []}})

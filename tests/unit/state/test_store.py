@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.k8s import cached, cpu_node, gpu_node, inventory, model_annotations, pod
 
-from scheduler.core.assignment import GpuAssignment
+from scheduler.core.assignment import GpuPrediction
 from scheduler.core.node import Tier
 from scheduler.core.placement import evaluate
 from scheduler.models.catalog import Catalog
@@ -40,7 +40,7 @@ def make_store(
 
 
 def assigned(node: str, *indices: int) -> dict[str, str]:
-    return {"kvsched.io/assigned-gpus": GpuAssignment(node, indices).encode()}
+    return {"kvsched.io/predicted-gpus": GpuPrediction(node, indices).encode()}
 
 
 def free(store: ClusterStore, name: str) -> frozenset[int]:
@@ -71,7 +71,7 @@ def test_load_from_the_snapshot_fixture() -> None:
     assert free(store, "gpu-2") == frozenset({4, 5, 6, 7})
     assert store.pod("uid-vllm-70b-0") is not None
     assert store.pod_object("llm", "vllm-8b-pending") is not None
-    assert store.allocations() == {"llm/vllm-70b-0": GpuAssignment("gpu-2", (0, 1, 2, 3))}
+    assert store.allocations() == {"llm/vllm-70b-0": GpuPrediction("gpu-2", (0, 1, 2, 3))}
 
 
 def test_load_replaces_everything() -> None:
@@ -155,7 +155,7 @@ def test_bind_chooses_records_and_shrinks_the_free_set() -> None:
     assert len(result.assignment.indices) == 4
     assert result.assignment.node == "a"
     assert result.assignment.uuids == tuple(f"GPU-a-{i}" for i in result.assignment.indices)
-    assert "gpus=" in result.placement
+    assert "predicted-gpus=" in result.placement
     taken = set(result.assignment.indices)
     assert free(store, "a") == frozenset(range(8)) - taken
     record = store.pod("uid-llm-p")
@@ -271,10 +271,10 @@ def test_memo_is_not_stale_after_bind() -> None:
 
 def test_memo_is_not_stale_after_partial_bind() -> None:
     store = make_store(nodes=[gpu_node("a")])
-    first = store.explain(store.demand(pod("probe", gpus=2)), ["a"])[0]["gpus"]
+    first = store.explain(store.demand(pod("probe", gpus=2)), ["a"])[0]["predictedGpus"]
     store.demand(pod("p", gpus=2))
     taken = store.bind("llm", "p", "uid-llm-p", "a").assignment.indices
-    second = store.explain(store.demand(pod("probe", gpus=2)), ["a"])[0]["gpus"]
+    second = store.explain(store.demand(pod("probe", gpus=2)), ["a"])[0]["predictedGpus"]
     assert not set(second) & set(taken)
     assert tuple(first) == taken  # the probe's best set was the one bind took
 
@@ -381,6 +381,47 @@ def test_upsert_and_delete_inventory() -> None:
     assert free(store, "a") == frozenset(range(8))
 
 
+class MismatchLog:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def prediction_mismatch(self, node: str, pod: str) -> None:
+        self.seen.append((node, pod))
+
+
+def test_the_kubelets_report_corrects_a_wrong_prediction_within_one_event() -> None:
+    # The pod was bound with a prediction of 0-3; the agent then reports the kubelet gave 4-7.
+    x = pod("x", gpus=4, node="a", annotations=assigned("a", 0, 1, 2, 3))
+    store = make_store(pods=[x])
+    log = MismatchLog()
+    store.observer = log
+    assert free(store, "a") == frozenset(range(4, 8))
+    truth = inventory("a", PRESETS["hgx-h100-8"], allocated=[(i, "llm/x") for i in range(4, 8)])
+    store.upsert_inventory(truth)
+    assert free(store, "a") == frozenset(range(4))
+    assert log.seen == [("a", "llm/x")]
+    assert store.prediction_mismatches == 1
+    # Counted once, however often the node is rebuilt.
+    store.upsert_inventory(dict(truth))
+    store.upsert_pod(dict(x))
+    assert store.prediction_mismatches == 1
+    # The next 4-GPU pod is predicted on the GPUs that are really free.
+    row = store.explain(store.demand(pod("next", gpus=4)), ["a"])[0]
+    assert row["predictedGpus"] == [0, 1, 2, 3]
+    assert row["heldGpus"] == [
+        {"index": i, "pod": "llm/x", "source": "kubelet"} for i in (4, 5, 6, 7)
+    ]
+
+
+def test_explain_says_which_gpus_are_held_on_a_prediction() -> None:
+    store = make_store(pods=[pod("x", gpus=2, node="a", annotations=assigned("a", 6, 7))])
+    row = store.explain(store.demand(pod("next", gpus=2)), ["a"])[0]
+    assert row["heldGpus"] == [
+        {"index": 6, "pod": "llm/x", "source": "prediction"},
+        {"index": 7, "pod": "llm/x", "source": "prediction"},
+    ]
+
+
 def test_inventory_for_a_node_not_yet_known_applies_when_the_node_arrives() -> None:
     store = make_store()
     store.upsert_inventory(
@@ -427,7 +468,7 @@ def test_explain_rows_best_first_with_reasons() -> None:
     assert [r["node"] for r in rows][-1] == "c"
     assert {r["node"] for r in rows} == {"a", "b", "c"}
     fit = rows[0]
-    assert fit["fits"] and fit["reason"] == "fits" and len(fit["gpus"]) == 4
+    assert fit["fits"] and fit["reason"] == "fits" and len(fit["predictedGpus"]) == 4
     assert fit["score"] == 10 and "gpuSet" in fit
     cpu = rows[-1]
     assert not cpu["fits"] and cpu["unresolvable"] and "nvidia.com/gpu" in cpu["reason"]

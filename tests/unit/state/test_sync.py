@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from support.k8s import gpu_node, inventory, model_annotations, pod
 
-from scheduler.core.assignment import GpuAssignment
-from scheduler.core.demand import A_ASSIGNED_GPUS
+from scheduler.core.assignment import GpuPrediction
+from scheduler.core.demand import A_PREDICTED_GPUS
 from scheduler.models.catalog import Catalog
 from scheduler.state.binder import ApiBinder
 from scheduler.state.kube import ConflictError, GoneError, KubeError, NotFoundError, ObjectList
@@ -226,8 +226,8 @@ def test_bind_survives_a_stale_watch_event_and_settles_on_the_real_one() -> None
     state = store.node("a")
     assert state is not None and state.free_gpus == frozenset()
     assert (
-        GpuAssignment.decode(
-            api.pods[("llm", "p")]["metadata"]["annotations"]["kvsched.io/assigned-gpus"]
+        GpuPrediction.decode(
+            api.pods[("llm", "p")]["metadata"]["annotations"]["kvsched.io/predicted-gpus"]
         )
         == result.assignment
     )
@@ -274,9 +274,9 @@ def test_a_conflict_on_the_same_node_adopts_the_gpus_the_earlier_binding_recorde
     yet: the retry's own GPU choice may differ from what the pod carries. The pod's GPUs win,
     or the ones it really holds would look free."""
     api = FakeApi()
-    earlier = GpuAssignment("a", (4, 5))
+    earlier = GpuPrediction("a", (4, 5))
     api.pods[("llm", "p")] = pod(
-        "p", gpus=2, node="a", uid="u1", annotations={A_ASSIGNED_GPUS: earlier.encode()}
+        "p", gpus=2, node="a", uid="u1", annotations={A_PREDICTED_GPUS: earlier.encode()}
     )
     api.bind_error = ConflictError("already assigned", 409)
     store = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
