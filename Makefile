@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help install demo test e2e lint typecheck check bench controlplane cluster-up \
-	cluster-down demo-cluster clean
+.PHONY: help install demo test e2e lint typecheck check bench controlplane podresources \
+	gpuallocator testbins cluster-up cluster-down demo-cluster clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,14 @@ e2e: install ## only the e2e tests (real etcd, kube-apiserver, kube-scheduler)
 
 controlplane: ## build etcd, kube-apiserver, kube-scheduler, kubectl (cached in ~/.cache/kvsched)
 	hack/controlplane/build.sh
+
+podresources: ## build the kubelet's PodResources test server (cached in ~/.cache/kvsched)
+	hack/podresources/build.sh
+
+gpuallocator: ## build the go-gpuallocator oracle (the device plugin's GPU choice; cached)
+	hack/gpuallocator/build.sh
+
+testbins: controlplane podresources gpuallocator ## every Go-built binary the tests use
 
 cluster-up: controlplane ## start a local control plane; prints its kubeconfig path
 	hack/controlplane/up.sh

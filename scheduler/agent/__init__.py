@@ -2,7 +2,9 @@
 
 * ``gpus``: GPUs and their links through NVML, else ``nvidia-smi``;
 * ``cache_scan``: models in the node's model cache folders, and whether they sit in page cache;
-* ``podresources``: GPU ids the kubelet assigned to pods (optional, needs grpcio);
+* ``podresources``: the GPUs the kubelet really gave each pod, and the ones it offers (its
+  PodResources gRPC API; client generated from the kubelet's own api.proto in
+  ``podresources_v1``): the truth that replaces kvsched's predictions;
 * ``report``: the NodeInventory status from those, and the conflict-safe write of it;
 * ``run``: the loop behind ``kvsched agent`` (scheduler/commands/agent_cmd.py).
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from scheduler.agent.cache_scan import ScanResult
-from scheduler.inventory.status import Allocation, GpuEntry, InventoryStatus
+from scheduler.agent.podresources import KubeletGpus
+from scheduler.inventory.status import GpuEntry, InventoryStatus
 from scheduler.inventory.status import now as utc_now
 from scheduler.state.kube import ConflictError, InventoryApi, KubeError
 from topology.model import NodeTopology
@@ -41,11 +42,15 @@ def build_report(
     capacity_bytes: int | None,
     bandwidth: Mapping[str, float],
     now: dt.datetime | None = None,
-    allocated: Sequence[Allocation] = (),
+    kubelet: KubeletGpus | None = None,
 ) -> InventoryStatus:
     """The agent's view of ``node``: GPUs and links (none when discovery failed), cached models.
 
-    ``allocated`` is what the kubelet's PodResources API says (empty when not read).
+    ``kubelet`` is what the kubelet's PodResources API said this cycle, None when it was not
+    read. When read: ``allocated`` is the kubelet's allocations with ``allocated_source``
+    ``kubelet`` (the truth, which wins over predictions), and ``allocatable_gpus`` the GPUs it
+    can hand out (None when only that call failed). When not read: ``allocated`` is empty and
+    both are None (the merge then keeps the controller's predictions, not an old kubelet list).
     ``problems`` carries the scan's problem lines (they are not written to the object).
     """
     gpus: tuple[GpuEntry, ...] = ()
@@ -69,7 +74,9 @@ def build_report(
         source="agent",
         gpus=gpus,
         links=links,
-        allocated=tuple(sorted(allocated, key=lambda a: (a.index, a.pod))),
+        allocated=kubelet.allocations() if kubelet is not None else (),
+        allocated_source="kubelet" if kubelet is not None else None,
+        allocatable_gpus=kubelet.allocatable if kubelet is not None else None,
         cache_capacity_bytes=capacity_bytes,
         models=scan.models,
         bandwidth={str(k): float(v) for k, v in bandwidth.items()},

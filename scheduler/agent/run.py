@@ -1,9 +1,12 @@
 """The node agent's loop: discover GPUs, scan the model caches, build the report, publish it.
 
 GPUs are discovered once (they do not change while the node runs) and again on every cycle
-until a discovery succeeds. Each cycle's failure (scan, API server, a conflict storm) is a log
-line, and the next cycle tries again; :meth:`AgentLoop.stop` (SIGTERM) ends the wait between
-cycles at once.
+until a discovery succeeds. Every cycle reads the kubelet's PodResources API (when a socket is
+configured): the GPUs each pod got, reported as ``allocated`` with ``allocatedSource: kubelet``,
+and the GPUs the kubelet can hand out (``allocatableGpus``); a kubelet that cannot be read
+costs only those fields. Each cycle's failure (scan, kubelet, API server, a conflict storm) is a
+log line, and the next cycle tries again; :meth:`AgentLoop.stop` (SIGTERM) ends the wait
+between cycles at once. :attr:`AgentLoop.registry` holds the agent's metrics.
 """
 
 from __future__ import annotations
@@ -19,11 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from prometheus_client import CollectorRegistry
+
 from scheduler.agent.cache_scan import ScanResult, scan_model_caches
 from scheduler.agent.gpus import discover_gpus
-from scheduler.agent.podresources import as_allocations, read_gpu_allocations
+from scheduler.agent.podresources import (
+    DEFAULT_TIMEOUT_S,
+    KubeletGpus,
+    PodResourcesMetrics,
+    PodResourcesReader,
+)
 from scheduler.agent.report import Merge, build_report, publish
-from scheduler.inventory.status import Allocation, InventoryStatus
+from scheduler.inventory.status import InventoryStatus
 from scheduler.inventory.status import now as utc_now
 from scheduler.state.kube import InventoryApi
 from topology.model import NodeTopology
@@ -35,12 +45,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AgentSettings:
+    """``pod_resources_socket``: the kubelet's PodResources socket; None: not read (the
+    command's default is :data:`~scheduler.agent.podresources.DEFAULT_SOCKET`)."""
+
     node: str
     caches: tuple[Path, ...] = ()
     capacity_bytes: int | None = None
     bandwidth: Mapping[str, float] = field(default_factory=dict)
     interval_s: float = 60.0
     pod_resources_socket: Path | None = None
+    pod_resources_timeout_s: float = DEFAULT_TIMEOUT_S
     dry_run: bool = False
 
 
@@ -72,6 +86,7 @@ class AgentLoop:
         discover: Callable[[], NodeTopology | None] = discover_gpus,
         scan: Callable[[Sequence[Path]], ScanResult] | None = None,
         out: TextIO | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.merge = merge
@@ -83,6 +98,15 @@ class AgentLoop:
         self._stop = threading.Event()
         self.topology: NodeTopology | None = None
         self._discovered = False
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.pod_resources_metrics = PodResourcesMetrics(self.registry)
+        self.kubelet: PodResourcesReader | None = None
+        if settings.pod_resources_socket is not None:
+            self.kubelet = PodResourcesReader(
+                settings.pod_resources_socket,
+                timeout_s=settings.pod_resources_timeout_s,
+                metrics=self.pod_resources_metrics,
+            )
 
     def stop(self) -> None:
         self._stop.set()
@@ -92,7 +116,7 @@ class AgentLoop:
         return self._stop.is_set()
 
     def report(self) -> InventoryStatus:
-        """Discover (if not yet done), scan and build this cycle's report."""
+        """Discover (if not yet done), scan, read the kubelet and build this cycle's report."""
         if not self._discovered:
             try:
                 self.topology = self._discover()
@@ -105,10 +129,9 @@ class AgentLoop:
         except Exception as exc:
             log.exception("model cache scan failed")
             scan = ScanResult((), (f"model cache scan failed: {exc}",))
-        allocated: tuple[Allocation, ...] = ()
-        per_pod = read_gpu_allocations(self.settings.pod_resources_socket, self.topology)
-        if per_pod is not None:
-            allocated = as_allocations(per_pod)
+        kubelet: KubeletGpus | None = None
+        if self.kubelet is not None:
+            kubelet = self.kubelet.read(self.topology)  # None when unreadable (logged, counted)
         return build_report(
             self.settings.node,
             self.topology,
@@ -116,7 +139,7 @@ class AgentLoop:
             self.settings.capacity_bytes,
             self.settings.bandwidth,
             utc_now(),
-            allocated,
+            kubelet,
         )
 
     def run_once(self) -> bool:
@@ -139,10 +162,13 @@ class AgentLoop:
             self._api = None  # reconnect next time
             return False
         log.info(
-            "published NodeInventory %s: %d GPU(s), %d model(s), %d problem(s)",
+            "published NodeInventory %s: %d GPU(s), %d model(s), %s, %d problem(s)",
             self.settings.node,
             len(report.gpus),
             len(report.models),
+            f"{len(report.allocated)} GPU allocation(s) from the kubelet"
+            if report.allocated_source == "kubelet"
+            else "GPU allocations not read",
             len(report.problems),
         )
         return True

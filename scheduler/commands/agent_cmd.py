@@ -1,13 +1,17 @@
 """`kvsched agent`: the node agent (DaemonSet) that keeps its node's NodeInventory true.
 
-Every ``--interval`` seconds it scans the model cache folders (and, once, the GPUs), builds the
-node's NodeInventory status and writes it, merged with what the controller wrote. With
-``--dry-run`` it prints the status instead of writing it; ``--once`` runs a single cycle.
+Every ``--interval`` seconds it scans the model cache folders (and, once, the GPUs), reads the
+kubelet's PodResources API (which GPUs each pod got: the truth that replaces kvsched's
+predictions), builds the node's NodeInventory status and writes it, merged with what the
+controller wrote. With ``--dry-run`` it prints the status instead of writing it; ``--once``
+runs a single cycle. Metrics (``kvsched_agent_podresources_up``,
+``kvsched_agent_podresources_errors_total``) are served on ``--metrics-port`` (not in a dry run).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -16,11 +20,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from prometheus_client import start_http_server
+
+from scheduler.agent.podresources import DEFAULT_SOCKET, DEFAULT_TIMEOUT_S
 from scheduler.agent.run import AgentLoop, AgentSettings, default_capacity
 from scheduler.commands.common import fail
 from scheduler.inventory.merge import merge_agent_report
 from scheduler.logs import configure_logging
 from scheduler.state.kube import InventoryApi, KubeApi
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -65,9 +74,30 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--pod-resources-socket",
         metavar="PATH",
-        help="kubelet PodResources socket (e.g. /var/lib/kubelet/pod-resources/kubelet.sock) "
-        "to report GPUs assigned to pods; needs grpcio",
+        default=str(DEFAULT_SOCKET),
+        help="the kubelet's PodResources socket, read every cycle for the GPUs each pod got "
+        "(default %(default)s; a missing socket is logged and the rest is still reported)",
     )
+    parser.add_argument(
+        "--no-pod-resources",
+        action="store_true",
+        help="do not read the kubelet's PodResources API (allocations are left to the "
+        "controller's predictions)",
+    )
+    parser.add_argument(
+        "--pod-resources-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="deadline for one PodResources read (default %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        help="Prometheus /metrics port (default %(default)s; 0 disables; never in --dry-run)",
+    )
+    parser.add_argument("--metrics-host", default="0.0.0.0")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between cycles")
     parser.add_argument("--once", action="store_true", help="run one cycle and exit")
     parser.add_argument(
@@ -86,6 +116,12 @@ def register(subparsers: Any) -> None:
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     if args.interval <= 0:
         raise ValueError(f"--interval must be positive, got {args.interval}")
+    if args.pod_resources_timeout <= 0:
+        raise ValueError(
+            f"--pod-resources-timeout must be positive, got {args.pod_resources_timeout}"
+        )
+    if not 0 <= args.metrics_port <= 65535:
+        raise ValueError(f"--metrics-port must be 0..65535, got {args.metrics_port}")
     if args.cache_capacity_bytes is not None and args.cache_capacity_bytes < 0:
         raise ValueError(f"--cache-capacity-bytes must be >= 0, got {args.cache_capacity_bytes}")
     bandwidth: dict[str, float] = {}
@@ -99,13 +135,17 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     capacity = args.cache_capacity_bytes
     if capacity is None:
         capacity = default_capacity(caches)
+    socket_path = None
+    if not args.no_pod_resources and args.pod_resources_socket:
+        socket_path = Path(args.pod_resources_socket)
     return AgentSettings(
         node=args.node_name or socket.gethostname(),
         caches=caches,
         capacity_bytes=capacity,
         bandwidth=bandwidth,
         interval_s=args.interval,
-        pod_resources_socket=Path(args.pod_resources_socket) if args.pod_resources_socket else None,
+        pod_resources_socket=socket_path,
+        pod_resources_timeout_s=args.pod_resources_timeout,
         dry_run=args.dry_run,
     )
 
@@ -121,8 +161,29 @@ def run(args: argparse.Namespace) -> int:
         return KubeApi.connect(args.kubeconfig)
 
     loop = AgentLoop(settings, merge_agent_report, api=connect)
+    if settings.pod_resources_socket is None:
+        log.info("PodResources: not read (--no-pod-resources); no kubelet GPU allocations")
+    server = None
+    if args.metrics_port and not settings.dry_run:
+        try:
+            server, _ = start_http_server(
+                args.metrics_port, addr=args.metrics_host, registry=loop.registry
+            )
+        except OSError as error:
+            return fail(
+                f"agent: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {error}"
+            )
+    try:
+        return _run_loop(loop, args.once)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+def _run_loop(loop: AgentLoop, once: bool) -> int:
     if threading.current_thread() is not threading.main_thread():
-        return loop.run(once=args.once)
+        return loop.run(once=once)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         loop.stop()
@@ -131,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     # finishes first. The previous handlers come back afterwards.
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return loop.run(once=args.once)
+        return loop.run(once=once)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

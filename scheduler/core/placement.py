@@ -3,7 +3,8 @@
 The breakdown follows DESIGN.md ("Scoring: estimated time to ready, then quality"):
 
 1. cold start: engine init + weight bytes / bandwidth of the best tier holding the weights;
-2. GPU-set quality: the best k-set of the node's free GPUs (topology.select);
+2. GPU-set quality: the k-set of the node's free GPUs that the NVIDIA device plugin is
+   predicted to hand out (topology.deviceplugin; scored by topology.select);
 3. fit: right-sizing (share of each GPU's usable memory the pod actually needs) and how
    fragmented the node's free GPUs are after the placement.
 
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from scheduler.core.demand import GPU_RESOURCE, PodDemand
 from scheduler.core.node import NodeState, Tier
 from scheduler.models.kvplan import GpuFit, MemoryPlan, fit_on_gpu, format_bytes
-from topology.select import GpuSetScore, best_gpu_set, fragmentation
+from topology.deviceplugin import predict_allocation
+from topology.select import GpuSetScore, fragmentation
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +178,9 @@ def evaluate(
             memory=memory,
             rejection="free-gpus",
         )
-    gpu_set = best_gpu_set(node.topology.layout, free, demand.gpus)
+    # The node's device plugin, not kvsched, picks the GPUs: score the set it will hand out
+    # (kvsched's prediction of go-gpuallocator's best-effort choice), not the best set there is.
+    gpu_set = predict_allocation(node.topology.layout, free, demand.gpus)
     if gpu_set is None:  # pragma: no cover - len(free) >= k guarantees a set
         return NodeEvaluation(False, "no GPU set available", memory=memory, rejection="free-gpus")
 

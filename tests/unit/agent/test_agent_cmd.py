@@ -6,17 +6,21 @@ import argparse
 import json
 import os
 import signal
+import socket as socketlib
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, start_http_server
 
 from scheduler import cli
 from scheduler.agent.cache_scan import ScanResult
+from scheduler.agent.podresources import DEFAULT_SOCKET
 from scheduler.agent.run import AgentLoop, AgentSettings, default_capacity
 from scheduler.commands import agent_cmd
 from scheduler.inventory.merge import merge_agent_report
@@ -244,3 +248,88 @@ def test_sigterm_exits_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert time.monotonic() - started < 30
     assert signal.getsignal(signal.SIGTERM) is before  # handler restored
     assert json.loads(capsys.readouterr().out)["source"] == "agent"
+
+
+# -- PodResources and metrics flags --------------------------------------------------------------
+
+
+def test_the_kubelet_socket_is_read_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    settings = agent_cmd.settings_from_args(parse(["--node-name", "n"]))
+    assert settings.pod_resources_socket == DEFAULT_SOCKET
+    assert settings.pod_resources_socket == Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    assert settings.pod_resources_timeout_s == 5.0
+    other = agent_cmd.settings_from_args(
+        parse(["--pod-resources-socket", str(tmp_path / "k.sock"), "--pod-resources-timeout", "2"])
+    )
+    assert other.pod_resources_socket == tmp_path / "k.sock"
+    assert other.pod_resources_timeout_s == 2.0
+    assert agent_cmd.settings_from_args(parse(["--no-pod-resources"])).pod_resources_socket is None
+    for bad in (["--pod-resources-timeout", "0"], ["--metrics-port", "70000"]):
+        with pytest.raises(ValueError):
+            agent_cmd.settings_from_args(parse(bad))
+
+
+def test_metrics_are_served_with_the_podresources_series(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served: list[tuple[int, str, bytes]] = []
+
+    def start(port: int, addr: str, registry: CollectorRegistry) -> Any:
+        server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            served.append((port, addr, reply.read()))
+        return server, thread
+
+    monkeypatch.setattr(agent_cmd, "start_http_server", start)
+    args = parse(
+        [
+            "--node-name",
+            "n1",
+            "--once",
+            "--pod-resources-socket",
+            str(tmp_path / "missing.sock"),
+            "--metrics-port",
+            "9311",
+            "--kubeconfig",
+            str(tmp_path / "no-kubeconfig"),
+            "--log-format",
+            "text",
+        ]
+    )
+    assert agent_cmd.run(args) == 1  # no API server to publish to: the cycle failed
+    assert len(served) == 1
+    port, addr, body = served[0]
+    assert (port, addr) == (9311, "0.0.0.0")
+    assert b"kvsched_agent_podresources_up 0.0" in body
+    assert b'kvsched_agent_podresources_errors_total{reason="no_socket"} 0.0' in body
+
+
+def test_no_metrics_server_in_a_dry_run_or_with_port_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def start(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("no metrics server expected")
+
+    monkeypatch.setattr(agent_cmd, "start_http_server", start)
+    base = ["--node-name", "n1", "--once", "--no-pod-resources", "--log-format", "text"]
+    assert agent_cmd.run(parse([*base, "--dry-run"])) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "agent"
+    assert agent_cmd.run(parse([*base, "--metrics-port", "0", "--kubeconfig", "/nope"])) == 1
+
+
+def test_a_metrics_port_in_use_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socketlib.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = parse(
+            [
+                *("--once", "--metrics-port", str(port), "--metrics-host", "127.0.0.1"),
+                *("--log-format", "text", "--no-pod-resources"),
+            ]
+        )
+        assert agent_cmd.run(args) == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in capsys.readouterr().err

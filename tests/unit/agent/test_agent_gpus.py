@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
+import sys
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from scheduler import cli
 from scheduler.agent import gpus
 from scheduler.agent.gpus import (
     NvmlError,
@@ -510,17 +514,171 @@ def test_normalize_bus_id(raw: bytes | str, expected: str | None) -> None:
     assert normalize_bus_id(raw) == expected
 
 
-def test_real_pynvml_without_a_driver_raises_nvml_error() -> None:
+# -- PynvmlLibrary over canned pynvml answers (the NVML path is not verified on a GPU) -----------
+
+
+class CannedNVMLError(Exception):
+    """pynvml.NVMLError: the NVML return code in ``value``."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(f"NVML error {value}")
+        self.value = value
+
+
+def canned_pynvml() -> tuple[types.ModuleType, list[str]]:
+    """A ``pynvml`` module answering as nvidia-ml-py does on a 4-GPU PCIe board: GPUs 0 and 1
+    joined by an NVLink bridge of 4 links, GPUs 2 and 3 without NVLink (NOT_SUPPORTED); names
+    and UUIDs as bytes (older nvidia-ml-py); GPU 3's NUMA node only in sysfs; no
+    nvmlDeviceGetNvLinkRemoteDeviceType (an old nvidia-ml-py lacks it)."""
+    calls: list[str] = []
+    buses = ["00000000:17:00.0", "00000000:31:00.0", "00000000:B1:00.0", "00000000:CA:00.0"]
+    levels = {(0, 1): 20, (0, 2): 50, (0, 3): 50, (1, 2): 50, (1, 3): 50, (2, 3): 10}
+
+    def record(name: str) -> None:
+        calls.append(name)
+
+    def index(handle: Any) -> int:
+        kind, number = handle
+        assert kind == "canned-handle"
+        return int(number)
+
+    def nvlink_state(handle: Any, link: int) -> int:
+        record("nvmlDeviceGetNvLinkState")
+        if index(handle) >= 2:
+            raise CannedNVMLError(NOT_SUPPORTED)
+        if link >= 12:  # A100 PCIe: 12 links, past them INVALID_ARGUMENT
+            raise CannedNVMLError(INVALID_ARGUMENT)
+        return 1 if link < 4 else 0
+
+    def numa(handle: Any) -> int:
+        record("nvmlDeviceGetNumaNodeId")
+        if index(handle) == 3:
+            raise CannedNVMLError(NOT_SUPPORTED)
+        return 0 if index(handle) < 2 else 1
+
+    module = types.ModuleType("pynvml")
+    functions: dict[str, Callable[..., Any]] = {
+        "nvmlInit": lambda: record("nvmlInit"),
+        "nvmlShutdown": lambda: record("nvmlShutdown"),
+        "nvmlDeviceGetCount": lambda: 4,
+        "nvmlDeviceGetHandleByIndex": lambda i: ("canned-handle", i),
+        "nvmlDeviceGetUUID": lambda h: f"GPU-canned-{index(h)}".encode(),
+        "nvmlDeviceGetName": lambda h: b"NVIDIA A100 80GB PCIe",
+        "nvmlDeviceGetMemoryInfo": lambda h: Memory(81920 * 1024 * 1024),
+        "nvmlDeviceGetPciInfo": lambda h: Pci(buses[index(h)]),
+        "nvmlDeviceGetNumaNodeId": numa,
+        "nvmlDeviceGetNvLinkState": nvlink_state,
+        "nvmlDeviceGetNvLinkRemotePciInfo": lambda h, link: Pci(buses[index(h) ^ 1]),
+        "nvmlDeviceGetTopologyCommonAncestor": lambda a, b: levels[
+            (min(index(a), index(b)), max(index(a), index(b)))
+        ],
+    }
+    for name, function in functions.items():
+        setattr(module, name, function)
+    module.NVMLError = CannedNVMLError  # type: ignore[attr-defined]
+    return module, calls
+
+
+def test_pynvml_library_over_canned_answers_gives_the_exact_topology(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module, calls = canned_pynvml()
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    sysfs: list[Path] = []
+
+    def read_sysfs(path: Path) -> str:
+        sysfs.append(path)
+        return "1\n"
+
+    topo = discover_gpus(PynvmlLibrary(), smi=no_smi, read_sysfs=read_sysfs)
+    assert topo is not None
+    assert topo.codes() == [
+        ["X", "NV4", "SYS", "SYS"],
+        ["NV4", "X", "SYS", "SYS"],
+        ["SYS", "SYS", "X", "PIX"],
+        ["SYS", "SYS", "PIX", "X"],
+    ]
+    assert [gpu.uuid for gpu in topo.gpus] == [f"GPU-canned-{i}" for i in range(4)]
+    assert {gpu.product for gpu in topo.gpus} == {"NVIDIA A100 80GB PCIe"}
+    assert {gpu.memory_bytes for gpu in topo.gpus} == {81920 * 1024 * 1024}
+    assert [gpu.numa_node for gpu in topo.gpus] == [0, 0, 1, 1]
+    assert sysfs == [Path("/sys/bus/pci/devices/0000:ca:00.0/numa_node")]
+    assert not topo.is_nvswitch
+    assert calls[0] == "nvmlInit" and calls[-1] == "nvmlShutdown"
+    # GPUs 0 and 1 walk their 12 links and stop at INVALID_ARGUMENT; 2 and 3 stop at link 0.
+    assert calls.count("nvmlDeviceGetNvLinkState") == 2 * 13 + 2
+
+
+def test_pynvml_library_keeps_nvml_codes_and_names_missing_functions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module, _ = canned_pynvml()
+    monkeypatch.setitem(sys.modules, "pynvml", module)
     library = PynvmlLibrary()
-    try:
-        library.nvmlInit()
-    except NvmlError as exc:
-        assert exc.value in (LIBRARY_NOT_FOUND, DRIVER_NOT_LOADED, 999) or exc.value > 0
-        return
-    library.nvmlShutdown()
-    pytest.skip("an NVIDIA driver is present on this machine")
+    with pytest.raises(NvmlError) as raised:
+        library.nvmlDeviceGetNvLinkState(("canned-handle", 2), 0)
+    assert raised.value.value == NOT_SUPPORTED
+    with pytest.raises(NvmlError) as raised:
+        library.nvmlDeviceGetNvLinkRemoteDeviceType(("canned-handle", 0), 0)
+    assert raised.value.value == FUNCTION_NOT_FOUND
+    assert str(raised.value) == "pynvml has no nvmlDeviceGetNvLinkRemoteDeviceType"
+    assert library.nvmlDeviceGetUUID(("canned-handle", 1)) == "GPU-canned-1"
 
 
-def test_default_discovery_never_raises() -> None:
-    result = discover_gpus(smi=no_smi)
-    assert result is None or result.gpu_count >= 0
+def test_pynvml_library_without_nvml_is_library_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    # nvidia-ml-py not installed (a CPU-only install without the `agent` extra).
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    with pytest.raises(NvmlError) as raised:
+        PynvmlLibrary().nvmlInit()
+    assert raised.value.value == LIBRARY_NOT_FOUND
+    assert str(raised.value).startswith("nvidia-ml-py is not installed: ")
+    monkeypatch.delitem(sys.modules, "pynvml")
+
+    # nvidia-ml-py installed, libnvidia-ml.so.1 not loadable (no driver), whatever this
+    # machine has: the real pynvml's own error, with its code and text.
+    pynvml = pytest.importorskip("pynvml")
+
+    def no_library(name: str, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(pynvml, "CDLL", no_library)
+    monkeypatch.setattr(pynvml, "nvmlLib", None)
+    with pytest.raises(NvmlError) as raised:
+        PynvmlLibrary().nvmlInit()
+    assert raised.value.value == LIBRARY_NOT_FOUND
+    assert str(raised.value) == "NVML Shared Library Not Found"
+
+
+def test_agent_without_nvml_or_nvidia_smi_exits_0_and_reports_no_gpus(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi either
+    assert discover_gpus() is None
+    status = cli.main(
+        [
+            "agent",
+            "--node-name",
+            "cpu-node",
+            "--once",
+            "--dry-run",
+            "--no-pod-resources",
+            "--log-format",
+            "text",
+        ]
+    )
+    assert status == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["source"] == "agent"
+    assert "gpus" not in report and "links" not in report
+    assert report["allocated"] == [] and "allocatedSource" not in report
+    assert (
+        "GPU discovery through NVML failed (NVML library not found: nvidia-ml-py is not "
+        "installed" in captured.err
+    )
+    assert "`nvidia-smi topo -m` failed: [Errno 2] No such file or directory" in captured.err
+    assert (
+        "no GPU information from NVML or nvidia-smi: the node's inventory has no GPUs and the "
+        "scheduler places it from its GFD labels" in captured.err
+    )

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from scheduler.agent.cache_scan import ScanResult
+from scheduler.agent.podresources import KubeletGpus
 from scheduler.agent.report import NODE_LABEL, PublishError, build_report, publish
 from scheduler.inventory.merge import merge_agent_report
 from scheduler.inventory.status import Allocation, InventoryStatus, ModelEntry
@@ -108,11 +109,38 @@ def test_build_report_from_topology_and_scan() -> None:
 
 
 def test_build_report_without_gpus() -> None:
-    status = report(topology=None, allocated=[Allocation(1, "ns/b"), Allocation(0, "ns/a")])
+    kubelet = KubeletGpus({"ns/b": (1,), "ns/a": (0,)}, None)
+    status = report(topology=None, kubelet=kubelet)
     assert status.gpus == () and status.links == ()
     assert "no GPU information" in status.problems[0]
     assert [a.index for a in status.allocated] == [0, 1]
     assert "gpus" not in status.to_status()
+
+
+def test_build_report_carries_the_kubelets_allocations() -> None:
+    kubelet = KubeletGpus({"ns/b": (3, 2), "ns/a": (0,)}, (0, 1, 2, 3, 5))
+    status = report(kubelet=kubelet)
+    assert status.allocated == (
+        Allocation(0, "ns/a"),
+        Allocation(2, "ns/b"),
+        Allocation(3, "ns/b"),
+    )
+    assert status.allocated_source == "kubelet" and status.allocations_are_truth
+    assert status.allocatable_gpus == (0, 1, 2, 3, 5)
+    written = status.to_status()
+    assert written["allocatedSource"] == "kubelet"
+    assert written["allocatableGpus"] == [0, 1, 2, 3, 5]
+
+
+def test_build_report_without_the_kubelet_vouches_for_nothing() -> None:
+    status = report()
+    assert status.allocated == ()
+    assert status.allocated_source is None and status.allocatable_gpus is None
+    written = status.to_status()
+    assert "allocatedSource" not in written and "allocatableGpus" not in written
+    # Read, but GetAllocatableResources failed: allocations are the truth, allocatable unknown.
+    partial = report(kubelet=KubeletGpus({}, None))
+    assert partial.allocated_source == "kubelet" and partial.allocatable_gpus is None
 
 
 def test_publish_creates_a_missing_object_with_the_node_label() -> None:
@@ -133,7 +161,10 @@ def test_publish_creates_a_missing_object_with_the_node_label() -> None:
 
 def test_publish_retries_a_conflict_from_a_fresh_read() -> None:
     current = InventoryStatus(
-        source="controller", allocated=(Allocation(2, "ns/engine"),), observed_at=NOW
+        source="controller",
+        allocated=(Allocation(2, "ns/engine"),),
+        allocated_source="prediction",
+        observed_at=NOW,
     )
     fake = FakeInventoryApi(
         {
@@ -146,9 +177,16 @@ def test_publish_retries_a_conflict_from_a_fresh_read() -> None:
     )
     stored = publish(_api(fake), "gpu-1", report(), merge_agent_report)
     assert fake.calls == ["get", "replace", "get", "replace"]
-    # The real merge keeps the controller's allocations.
+    # The real merge keeps the controller's predictions when the kubelet was not read ...
     assert stored["status"]["allocated"] == [{"index": 2, "pod": "ns/engine"}]
+    assert stored["status"]["allocatedSource"] == "prediction"
     assert stored["status"]["source"] == "agent"
+    # ... and the kubelet's list replaces them when it was.
+    kubelet = KubeletGpus({"ns/engine": (5,)}, tuple(range(8)))
+    stored = publish(_api(fake), "gpu-1", report(kubelet=kubelet), merge_agent_report)
+    assert stored["status"]["allocated"] == [{"index": 5, "pod": "ns/engine"}]
+    assert stored["status"]["allocatedSource"] == "kubelet"
+    assert stored["status"]["allocatableGpus"] == list(range(8))
 
 
 def test_publish_gives_up_after_attempts() -> None:
