@@ -1,4 +1,5 @@
-"""`kvsched topology`: show a node's GPU graph and the GPU set kvsched would choose on it.
+"""`kvsched topology`: show a node's GPU graph, its best GPU set and the set the device plugin is
+predicted to hand out.
 
 The topology comes from a saved ``nvidia-smi topo -m`` output (``--file``), a built-in preset
 (``--preset``), or the assumed board for a GFD product label (``--product`` with ``--count``).
@@ -11,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+from topology.deviceplugin import predict_allocation
 from topology.model import NodeTopology, TopologyError
 from topology.parse import parse_nvidia_smi_topo
 from topology.presets import MAX_PRESET_GPUS, PRESETS, preset_for_product
@@ -28,8 +30,9 @@ def register(subparsers: Any) -> None:
         "topology",
         help="show a node's GPU topology and the best GPU set for a pod",
         description="Parse `nvidia-smi topo -m` output (or use a preset), print the GPUs, "
-        "their NUMA nodes and the link matrix, and the GPU set kvsched would choose for a "
-        "pod of --gpus GPUs among the free ones.",
+        "their NUMA nodes and the link matrix, the best set for a pod of --gpus GPUs among "
+        "the free ones, and the set the NVIDIA device plugin is predicted to hand out (it "
+        "picks the GPUs; kvsched scores nodes by that set).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -173,18 +176,27 @@ def _as_json(
         "nvswitch": topo.is_nvswitch,
         "free": free,
         "k": k,
-        "chosen": None
-        if chosen is None
-        else {
-            "gpus": list(chosen.gpus),
-            "tier": chosen.tier.name,
-            "weakest": chosen.weakest.code if chosen.weakest is not None else None,
-            "quality": chosen.quality,
-            "numaNodes": chosen.numa_nodes,
-            "description": chosen.description,
-        },
+        "chosen": _set_json(chosen),
+        # What the node's NVIDIA device plugin is predicted to hand out (it, not kvsched,
+        # picks the GPUs): the set kvsched scores a node by.
+        "predicted": None
+        if chosen is None or k is None
+        else _set_json(predict_allocation(topo, frozenset(free), k)),
         "fragmentation_before": before,
         "fragmentation_after": after,
+    }
+
+
+def _set_json(chosen: GpuSetScore | None) -> dict[str, Any] | None:
+    if chosen is None:
+        return None
+    return {
+        "gpus": list(chosen.gpus),
+        "tier": chosen.tier.name,
+        "weakest": chosen.weakest.code if chosen.weakest is not None else None,
+        "quality": chosen.quality,
+        "numaNodes": chosen.numa_nodes,
+        "description": chosen.description,
     }
 
 
@@ -228,6 +240,12 @@ def _as_text(
             f"  tier {chosen.tier.name}, weakest link {weakest}, quality {chosen.quality:.4f}"
         )
         lines.append(f"  fragmentation left after placing it: {after:.3f}")
+        predicted = predict_allocation(topo, frozenset(free), len(chosen.gpus))
+        if predicted is not None:
+            lines.append(
+                f"the device plugin is predicted to hand out: {predicted.description} "
+                "(it picks the GPUs, not kvsched; kvsched scores nodes by this set)"
+            )
     return "\n".join(lines)
 
 
