@@ -36,6 +36,9 @@ def test_json_on_a_fixture(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["chosen"]["description"].startswith("GPUs 2,3: NVLink-complete")
     assert 0.0 <= out["fragmentation_after"] <= 1.0
     assert [nic["name"] for nic in out["nics"]] == ["mlx5_0", "mlx5_1"]
+    # The device plugin sees the bridged pair's NVLinks too: it is predicted to hand out one.
+    assert out["predicted"]["tier"] == "NVLINK_COMPLETE"
+    assert out["predicted"]["gpus"] in ([2, 3], [4, 5], [6, 7])
 
 
 def test_text_output_for_a_preset(capsys: pytest.CaptureFixture[str]) -> None:
