@@ -29,7 +29,8 @@ from scheduler.core.quantity import parse_whole_quantity
 from scheduler.inventory.merge import merge_controller_view, status_changed
 from scheduler.inventory.status import InventoryStatus, now
 from scheduler.state.kube import ConflictError, InventoryApi, KubeError, NotFoundError
-from scheduler.state.objects import GFD_COUNT, GFD_PRODUCT, GPU_RESOURCE, object_name
+from scheduler.state.objects import GFD_COUNT, GFD_PRODUCT, GPU_RESOURCE, pod_key, read_pod
+from scheduler.state.quarantine import UNREADABLE, Problem, Quarantine
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +97,20 @@ class ControllerMetrics:
 
 
 def is_gpu_node(node: Mapping[str, Any]) -> bool:
-    status = node.get("status") or {}
+    status = _mapping(node.get("status"))
     for field in ("allocatable", "capacity"):
-        value = (status.get(field) or {}).get(GPU_RESOURCE)
+        value = _mapping(status.get(field)).get(GPU_RESOURCE)
         if value is not None:
             try:
                 return parse_whole_quantity(value) > 0
-            except ValueError:
+            except (ValueError, TypeError, OverflowError):
                 return False
-    labels = (node.get("metadata") or {}).get("labels") or {}
+    labels = _mapping(_mapping(node.get("metadata")).get("labels"))
     return GFD_PRODUCT in labels or GFD_COUNT in labels
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 class ControllerState:
@@ -115,6 +120,9 @@ class ControllerState:
         self.tracker = tracker
         self.clock = clock
         self.synced = False
+        self.sync_problems: dict[str, str] = {}
+        # Objects the controller cannot understand: logged once per version, then skipped.
+        self.quarantine = Quarantine()
         self.nodes: dict[str, Mapping[str, Any]] = {}
         self.inventories: dict[str, Mapping[str, Any]] = {}
         self._dirty: set[str] = set()
@@ -132,37 +140,55 @@ class ControllerState:
         self.changed.clear()
         return dirty
 
+    def sync_problem(self, kind: str, problem: str | None) -> None:
+        if problem is None:
+            self.sync_problems.pop(kind, None)
+        else:
+            self.sync_problems[kind] = problem
+
     def replace_kind(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
-        items = list(items)
+        items = list(items)  # the whole list first: a list that breaks midway replaces nothing
         if kind == "Node":
-            gone = set(self.nodes) - {object_name(n) for n in items}
+            nodes = self._named(kind, items)
+            gone = set(self.nodes) - set(nodes)
             for name in gone:
                 self.tracker.forget_node(name)
-            self.nodes = {object_name(n): n for n in items}
+            self.nodes = nodes
             self.mark(*self.nodes, *gone)
         elif kind == "NodeInventory":
-            self.inventories = {object_name(i): i for i in items}
+            self.inventories = self._named(kind, items)
             self.mark(*self.inventories)
         elif kind == "Pod":
             moment = self.clock()
             for pod in items:
-                self.tracker.observe_pod(pod, moment)
+                self._observe(pod, moment)
             self.mark(*self.nodes)
 
     def upsert(self, kind: str, obj: Mapping[str, Any]) -> None:
-        name = object_name(obj)
+        if kind == "Pod":
+            self._observe(obj, self.clock())
+            self.mark(_node_name(obj))
+            return
+        name = self._name(kind, obj)
+        if name is None:
+            return
         if kind == "Node":
             self.nodes[name] = obj
             self.mark(name)
         elif kind == "NodeInventory":
             self.inventories[name] = obj
             self.mark(name)
-        elif kind == "Pod":
-            self.tracker.observe_pod(obj, self.clock())
-            self.mark((obj.get("spec") or {}).get("nodeName"))
 
     def delete(self, kind: str, obj: Mapping[str, Any]) -> None:
-        name = object_name(obj)
+        if kind == "Pod":
+            uid = pod_key(obj)
+            if uid is not None:
+                self.tracker.forget_pod(uid, self.clock())
+            self.mark(_node_name(obj))
+            return
+        name = self._name(kind, obj)
+        if name is None:
+            return
         if kind == "Node":
             self.nodes.pop(name, None)
             self.tracker.forget_node(name)
@@ -170,10 +196,41 @@ class ControllerState:
         elif kind == "NodeInventory":
             self.inventories.pop(name, None)
             self.mark(name)
-        elif kind == "Pod":
-            uid = str((obj.get("metadata") or {}).get("uid") or "")
-            self.tracker.forget_pod(uid, self.clock())
-            self.mark((obj.get("spec") or {}).get("nodeName"))
+
+    def _observe(self, pod: Mapping[str, Any], moment: datetime) -> None:
+        """One pod into the tracker; what it cannot understand is quarantined (logged once per
+        pod version): a pod whose annotations cannot be read is tracked by its GPUs only, one
+        that cannot be read at all is skipped."""
+        try:
+            record, problem = read_pod(pod)
+            if problem is not None:
+                self.quarantine.reject("Pod", record.uid, pod, problem)
+            self.tracker.observe_pod(pod, moment)
+        except Exception as exc:
+            key = pod_key(pod) or ""
+            self.quarantine.reject("Pod", key, pod, Problem(UNREADABLE, f"{exc}"))
+
+    def _name(self, kind: str, obj: object) -> str | None:
+        meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+        name = meta.get("name") if isinstance(meta, Mapping) else None
+        if isinstance(name, str) and name:
+            return name
+        self.quarantine.reject(kind, "", obj, Problem(UNREADABLE, "no metadata.name"))
+        return None
+
+    def _named(self, kind: str, items: list[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+        named: dict[str, Mapping[str, Any]] = {}
+        for obj in items:
+            name = self._name(kind, obj)
+            if name is not None:
+                named[name] = obj
+        return named
+
+
+def _node_name(obj: object) -> str | None:
+    spec = obj.get("spec") if isinstance(obj, Mapping) else None
+    name = spec.get("nodeName") if isinstance(spec, Mapping) else None
+    return name if isinstance(name, str) else None
 
 
 class Reconciler:

@@ -244,6 +244,8 @@ def create_app(
     app.state.metrics = metrics
     store.observer = metrics
     app.state.events = recorder
+    # Quarantined pods that carry kvsched annotations get a Warning event.
+    store.quarantine.listeners[:] = [recorder.bad_object]
 
     bind_slots = anyio.CapacityLimiter(API_CONNECTIONS)
 
@@ -377,10 +379,19 @@ def create_app(
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz", responses={503: {"description": "the store has not synced yet"}})
+    @app.get(
+        "/readyz",
+        responses={
+            503: {
+                "description": "the store is not in sync: not every kind listed yet, or a kind "
+                "whose relist failed (`kinds`: kind -> why)"
+            }
+        },
+    )
     async def readyz() -> Response:
-        if not store.synced:
-            return json_response({"status": "not synced"}, 503)
+        problems = dict(store.sync_problems)
+        if not store.synced or problems:
+            return json_response({"status": "not synced", "kinds": problems}, 503)
         return json_response({"status": "ok", "nodes": len(store.node_names())})
 
     @app.get(
@@ -391,6 +402,7 @@ def create_app(
         metrics.nodes.set(len(store.node_names()))
         metrics.synced.set(1 if store.synced else 0)
         metrics.reservations.set(store.reservation_count())
+        metrics.export_rejections(store.quarantine.counts())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

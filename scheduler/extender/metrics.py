@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Extender calls are sub-millisecond to tens of milliseconds; kube-scheduler gives up at 5 s.
@@ -78,11 +80,28 @@ class ExtenderMetrics:
             "from kvsched's prediction of the device plugin's choice (once per pod and GPU set).",
             registry=self.registry,
         )
+        self.objects_rejected = Counter(
+            "kvsched_objects_rejected",
+            "Objects kvsched could not understand and quarantined, once per object version, by "
+            "kind (Pod, Node, NodeInventory) and reason (bad-annotation, bad-spec, unreadable).",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
+        self._rejected_exported: dict[tuple[str, str], int] = {}
         self.synced = Gauge(
             "kvsched_cluster_synced",
             "1 once the cluster view is loaded (offline) or listed (cluster mode).",
             registry=self.registry,
         )
+
+    def export_rejections(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Bring kvsched_objects_rejected_total up to the store's counts (the store counts from
+        its first object on, offline before the app exists; the scrape catches up)."""
+        for (kind, reason), total in counts.items():
+            delta = total - self._rejected_exported.get((kind, reason), 0)
+            if delta > 0:
+                self.objects_rejected.labels(kind, reason).inc(delta)
+                self._rejected_exported[(kind, reason)] = total
 
     # SyncObserver: the informers report here.
     def watch_restarted(self, kind: str, reason: str) -> None:

@@ -33,6 +33,7 @@ from cachetools import TTLCache
 
 from scheduler.core.demand import PodDemand
 from scheduler.state.kube import EventApi, KubeError, micro_time
+from scheduler.state.quarantine import Rejection
 from scheduler.state.store import BindResult, FilterResult
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ REPORTING_CONTROLLER = "kvsched.io/extender"
 PLACED = "KvschedPlaced"
 UNSCHEDULABLE = "KvschedUnschedulable"
 BAD_POD_SPEC = "KvschedBadPodSpec"
+# A pod kvsched quarantined (scheduler.state.quarantine): its annotations are ignored.
+BAD_OBJECT = "KvschedBadObject"
 # events.k8s.io/v1 validation: note at most 1 kB, reportingInstance at most 128 characters.
 NOTE_LIMIT_BYTES = 1024
 INSTANCE_LIMIT = 128
@@ -73,6 +76,8 @@ class PodEvents(Protocol):
 
     def rejected(self, demand: PodDemand, result: FilterResult) -> None: ...
 
+    def bad_object(self, rejection: Rejection) -> None: ...
+
 
 class NoEvents:
     """Offline mode and `--no-events`: nothing is recorded."""
@@ -87,6 +92,9 @@ class NoEvents:
         pass
 
     def rejected(self, demand: PodDemand, result: FilterResult) -> None:
+        pass
+
+    def bad_object(self, rejection: Rejection) -> None:
         pass
 
 
@@ -147,6 +155,16 @@ def rejection_note(result: FilterResult) -> str:
         quoted.append(f"{len(texts) - QUOTED_REASONS} more distinct reasons")
     head = f"{len(result.passed)}/{total} nodes fit" + (f" ({kinds})" if kinds else "")
     return f"{head}: {' | '.join(quoted)}"
+
+
+def quarantine_note(rejection: Rejection) -> str:
+    """E.g. `kvsched cannot read this pod (bad-annotation): kvsched.io/reservation=...: 'expires'
+    has no timezone; it ignores the pod's kvsched annotations, and its GPUs count as held
+    where it runs`."""
+    return (
+        f"kvsched cannot read this pod ({rejection.reason}): {rejection.detail}; it ignores the "
+        "pod's kvsched annotations, and its GPUs count as held where it runs"
+    )
 
 
 def event_object(pending: _Pending, note: str, instance: str) -> dict[str, Any]:
@@ -277,6 +295,30 @@ class EventRecorder:
                 reason,
                 "Warning",
                 "Scheduling",
+                note,
+                self.clock(),
+            ),
+        )
+
+    def bad_object(self, rejection: Rejection) -> None:
+        """A quarantined pod that carries kvsched annotations (its owner meant kvsched to read
+        them): a Warning on the pod, once per pod version and problem."""
+        if rejection.kind != "Pod" or not rejection.kvsched or not rejection.name:
+            return
+        namespace = rejection.namespace or "default"
+        key = (namespace, rejection.name, rejection.uid, BAD_OBJECT, rejection.detail)
+        if not self._admit(key, BAD_OBJECT):
+            return
+        note = functools.partial(quarantine_note, rejection)
+        self._enqueue(
+            key,
+            _Pending(
+                namespace,
+                rejection.name,
+                rejection.uid,
+                BAD_OBJECT,
+                "Warning",
+                "Reading",
                 note,
                 self.clock(),
             ),

@@ -4,7 +4,12 @@ A plan holds a reservation per unbound member (`GpuReservation`: node, GPU indic
 Reserved GPUs count as busy for every other pod (the store adds them to node states as
 records of phase `Reserved`), and a member passes filter only on its own planned node. A
 member's reservation ends when it binds (its own record then holds the GPUs), when the plan
-expires, or when any member of the group is deleted (the group is then planned again).
+expires, or when any member of the group is deleted (the group is then planned again), unless
+a member recreated under a new UID (same name, same GPU count) took the reservation over.
+
+A group is identified by its name and its members' controller (`objects.gang_identity`): a
+pod of another owner using the name is a group of its own, never a member. Terminating and
+finished pods are not members (a Terminating one still holds its GPUs until it is gone).
 
 Durability: in cluster mode the store writes each reservation on its member pod
 (`kvsched.io/reservation`), so a restarted extender finds the plans again in the pods it lists.
@@ -12,12 +17,13 @@ Durability: in cluster mode the store writes each reservation on its member pod
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from scheduler.core.assignment import GpuPrediction, GpuReservation
-from scheduler.state.objects import PodRecord
+from scheduler.state.objects import PodRecord, gang_key
 
 RESERVED_PHASE = "Reserved"
 
@@ -44,7 +50,8 @@ class Reserved:
             assignment=GpuPrediction(node, self.reservation.indices),
             model=None,
             phase=RESERVED_PHASE,
-            gang=self.reservation.gang,
+            gang=gang_key(self.reservation.gang),
+            gang_id=self.reservation.gang,
         )
 
 
@@ -92,6 +99,25 @@ class GangBook:
         if not self._plans[gang]:
             del self._plans[gang]
         return reserved
+
+    def find(self, gang: str, namespace: str, name: str) -> Reserved | None:
+        """The plan's reservation for the pod of that name (whatever its UID)."""
+        for reserved in self._plans.get(gang, {}).values():
+            if reserved.namespace == namespace and reserved.name == name:
+                return reserved
+        return None
+
+    def adopt(self, old_uid: str, new_uid: str) -> Reserved | None:
+        """A member recreated under a new UID takes over its earlier incarnation's
+        reservation (same GPUs, same expiry)."""
+        gang = self._gang_of.pop(old_uid, None)
+        if gang is None:
+            return None
+        reserved = self._plans[gang].pop(old_uid)
+        adopted = dataclasses.replace(reserved, uid=new_uid)
+        self._plans[gang][new_uid] = adopted
+        self._gang_of[new_uid] = gang
+        return adopted
 
     def release(self, gang: str) -> list[Reserved]:
         """Drop a whole plan; returns what was reserved (the nodes to rebuild)."""

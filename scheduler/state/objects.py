@@ -6,6 +6,7 @@ build NodeStates the same way. Nothing here talks to the API.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from scheduler.core.demand import (
     A_PREDICTED_GPUS,
     A_RESERVATION,
     A_ROLE,
-    DemandError,
+    PREFIX,
     gang_of,
     gpu_request,
 )
@@ -32,6 +33,7 @@ from scheduler.core.node import (
 )
 from scheduler.core.quantity import parse_quantity, parse_whole_quantity
 from scheduler.models.catalog import Catalog
+from scheduler.state.quarantine import BAD_ANNOTATION, BAD_SPEC, UNREADABLE, Problem, clip
 from topology.hardware import lookup_product
 from topology.model import GpuInfo, Link, LinkKind, NodeTopology, TopologyError
 from topology.presets import preset_for_product
@@ -60,6 +62,13 @@ class PodRecord:
     gang: str | None = None  # "namespace/name" of its all-or-nothing group
     role: str | None = None  # kvsched.io/role: prefill or decode
     reservation: GpuReservation | None = None  # GPUs a gang plan holds for it (unbound)
+    # The group's identity: its key, plus its pods' controller (a pod of another owner using
+    # the same name is in a group of its own); see `gang_identity`.
+    gang_id: str | None = None
+    gang_size: int | None = None  # the member's own kvsched.io/gang-size (or LWS size)
+    owner: str | None = None  # UID of its controller (ownerReferences[controller=true])
+    terminating: bool = False  # metadata.deletionTimestamp is set
+    quarantined: bool = False  # its kvsched annotations could not be read: GPUs only
 
     @property
     def ref(self) -> str:
@@ -70,58 +79,188 @@ class PodRecord:
         """Bound, not finished, and asking for GPUs: it counts against its node."""
         return self.node is not None and self.gpus > 0 and self.phase not in TERMINAL_PHASES
 
+    @property
+    def gang_member(self) -> bool:
+        """Counts toward its group: in one, neither finished nor Terminating (a Terminating
+        member still holds its GPUs until it is gone, but its replacement is the member)."""
+        return (
+            self.gang_id is not None and not self.terminating and self.phase not in TERMINAL_PHASES
+        )
 
-def pod_record(pod: Mapping[str, Any]) -> PodRecord:
-    meta = _mapping(pod.get("metadata"))
-    spec = _mapping(pod.get("spec"))
-    status = _mapping(pod.get("status"))
-    annotations = _mapping(meta.get("annotations"))
-    namespace = str(meta.get("namespace") or "default")
-    name = str(meta.get("name") or "")
+
+def gang_identity(key: str, source: str, owner: str | None) -> str:
+    """A group's identity: `namespace/name`, and for groups other than LeaderWorkerSet's (whose
+    group-key label is already unique per group and whose leader and workers have different
+    controllers) the UID of the members' controller, so that a pod of another owner (or of
+    none) that uses the name forms a group of its own instead of joining or blocking this one,
+    and a recreated owner starts a new incarnation."""
+    if source == "leaderworkerset" or owner is None:
+        return key
+    return f"{key}@{owner}"
+
+
+def gang_key(gang_id: str) -> str:
+    """The `namespace/name` of a group identity."""
+    return gang_id.split("@", 1)[0]
+
+
+def controller_uid(meta: Mapping[str, Any]) -> str | None:
+    """The UID of the object's controller (ownerReferences entry with controller: true)."""
+    refs = meta.get("ownerReferences")
+    if not isinstance(refs, list):
+        return None
+    for ref in refs:
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            uid = ref.get("uid")
+            return uid if isinstance(uid, str) and uid else None
+    return None
+
+
+def pod_key(pod: object) -> str | None:
+    """The store's key of a pod (its UID, else namespace/name); None when unreadable. Never
+    raises."""
+    try:
+        meta = pod.get("metadata") if isinstance(pod, Mapping) else None
+        if not isinstance(meta, Mapping):
+            return None
+        uid, namespace, name = (meta.get(k) for k in ("uid", "namespace", "name"))
+        if isinstance(uid, str) and uid:
+            return uid
+        if isinstance(name, str):
+            return f"{namespace if isinstance(namespace, str) and namespace else 'default'}/{name}"
+    except Exception:
+        return None
+    return None
+
+
+class UnreadableObjectError(ValueError):
+    """Not even where a pod runs and what it requests can be read: nothing of it is usable."""
+
+
+def read_pod(pod: object) -> tuple[PodRecord, Problem | None]:
+    """The pod's record, and what could not be understood in it (None when all was).
+
+    What Kubernetes vouches for (identity, node, phase, GPU request, deletion) is read first;
+    kvsched's own annotations after. When any annotation cannot be read, the record keeps only
+    the former: the pod holds its GPUs where it runs (unindexed: its prediction is not
+    trusted), and takes no part in other pods' decisions (no group, role, model, reservation).
+    Raises UnreadableObjectError when not even that much is readable. Never logs: the caller
+    quarantines (once per object version).
+    """
+    if not isinstance(pod, Mapping):
+        raise UnreadableObjectError(f"a pod is a {type(pod).__name__}, not an object")
+    meta, spec, status = (pod.get(k) for k in ("metadata", "spec", "status"))
+    if not isinstance(meta, Mapping):
+        raise UnreadableObjectError("metadata is not an object")
+    if spec is not None and not isinstance(spec, Mapping):
+        raise UnreadableObjectError("spec is not an object")
+    spec = spec or {}
+    namespace = _text(meta.get("namespace"), "metadata.namespace") or "default"
+    name = _text(meta.get("name"), "metadata.name")
+    uid = _text(meta.get("uid"), "metadata.uid") or f"{namespace}/{name}"
+    node = _text(spec.get("nodeName"), "spec.nodeName") or None
+    problem: Problem | None = None
+    phase = "Pending"
+    if isinstance(status, Mapping):
+        phase = _text(status.get("phase"), "status.phase") or "Pending"
+    elif status is not None:
+        problem = Problem(UNREADABLE, "status is not an object")
     try:
         gpus = gpu_request(pod)
-    except DemandError as exc:
-        log.warning("pod %s/%s: cannot count GPUs: %s", namespace, name, exc)
+    except Exception as exc:  # DemandError, or a quantity no parser should meet
         gpus = 0
-    assignment = None
-    raw = annotations.get(A_PREDICTED_GPUS, annotations.get(A_LEGACY_ASSIGNED_GPUS))
-    if isinstance(raw, str):
-        try:
-            assignment = GpuPrediction.decode(raw)
-        except ValueError as exc:
-            log.warning(
-                "pod %s/%s: ignoring %s=%r: %s", namespace, name, A_PREDICTED_GPUS, raw, exc
-            )
-    reservation = None
-    raw_reservation = annotations.get(A_RESERVATION)
-    if isinstance(raw_reservation, str):
-        try:
-            reservation = GpuReservation.decode(raw_reservation)
-        except ValueError as exc:
-            log.warning(
-                "pod %s/%s: ignoring %s=%r: %s",
-                namespace,
-                name,
-                A_RESERVATION,
-                raw_reservation,
-                exc,
-            )
-    gang = gang_of(pod)
-    node = spec.get("nodeName") or None
-    model = annotations.get(A_MODEL)
-    return PodRecord(
-        uid=str(meta.get("uid") or f"{namespace}/{name}"),
+        problem = problem or Problem(BAD_SPEC, f"cannot count GPUs: {exc}")
+    base = PodRecord(
+        uid=uid,
         namespace=namespace,
         name=name,
-        node=str(node) if node else None,
+        node=node,
         gpus=gpus,
-        assignment=assignment,
-        model=model if isinstance(model, str) else None,
-        phase=str(status.get("phase") or "Pending"),
-        gang=gang.key if gang is not None else None,
-        reservation=reservation,
-        role=role if isinstance(role := annotations.get(A_ROLE), str) else None,
+        assignment=None,
+        model=None,
+        phase=phase,
+        owner=controller_uid(meta),
+        terminating=bool(meta.get("deletionTimestamp")),
     )
+    if problem is None:
+        try:
+            record, problem = _with_annotations(base, pod, meta)
+            if problem is None:
+                return record, None
+        except Exception as exc:  # a conversion bug must stop at this object
+            problem = Problem(UNREADABLE, f"{type(exc).__name__}: {exc}")
+    return dataclasses.replace(base, quarantined=True), problem
+
+
+def _with_annotations(
+    base: PodRecord, pod: Mapping[str, Any], meta: Mapping[str, Any]
+) -> tuple[PodRecord, Problem | None]:
+    raw = meta.get("annotations")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        return base, Problem(BAD_ANNOTATION, "metadata.annotations is not an object")
+    annotations: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            return base, Problem(BAD_ANNOTATION, "an annotation key is not a string")
+        if key.startswith(PREFIX):
+            if not isinstance(value, str):
+                return base, Problem(BAD_ANNOTATION, f"{key} is not a string")
+            annotations[key] = value
+    assignment = None
+    key = A_PREDICTED_GPUS if A_PREDICTED_GPUS in annotations else A_LEGACY_ASSIGNED_GPUS
+    if key in annotations:
+        try:
+            assignment = GpuPrediction.decode(annotations[key])
+        except (ValueError, RecursionError) as exc:
+            return base, Problem(BAD_ANNOTATION, f"{key}={clip(annotations[key], 64)!r}: {exc}")
+    reservation = None
+    if A_RESERVATION in annotations:
+        text = annotations[A_RESERVATION]
+        try:
+            reservation = GpuReservation.decode(text)
+        except (ValueError, RecursionError) as exc:
+            return base, Problem(BAD_ANNOTATION, f"{A_RESERVATION}={clip(text, 64)!r}: {exc}")
+        if reservation.expires.utcoffset() is None:
+            return base, Problem(
+                BAD_ANNOTATION,
+                f"{A_RESERVATION}={clip(text, 64)!r}: 'expires' has no timezone (RFC 3339 "
+                "needs one, e.g. Z)",
+            )
+    gang = gang_of(pod)
+    return dataclasses.replace(
+        base,
+        assignment=assignment,
+        model=annotations.get(A_MODEL),
+        gang=gang.key if gang is not None else None,
+        gang_id=gang_identity(gang.key, gang.source, base.owner) if gang is not None else None,
+        gang_size=gang.size if gang is not None else None,
+        reservation=reservation,
+        role=annotations.get(A_ROLE),
+    ), None
+
+
+def pod_record(pod: Mapping[str, Any]) -> PodRecord:
+    """The pod's record (see `read_pod`); what could not be read is left out (callers that
+    feed on watches quarantine with `read_pod`, which logs once per object version)."""
+    record, problem = read_pod(pod)
+    if problem is not None:
+        log.debug(
+            "pod %s: %s (%s); using its GPU request only",
+            record.ref,
+            problem.detail,
+            problem.reason,
+        )
+    return record
+
+
+def _text(value: object, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return clip(value, 253)
+    raise UnreadableObjectError(f"{where} is a {type(value).__name__}, not a string")
 
 
 def object_name(obj: Mapping[str, Any]) -> str:

@@ -51,12 +51,17 @@ from scheduler.state.objects import (
     TERMINAL_PHASES,
     NodeFacts,
     PodRecord,
+    controller_uid,
+    gang_identity,
+    gang_key,
     node_facts,
     node_state_from,
-    object_name,
+    pod_key,
     pod_record,
+    read_pod,
 )
 from scheduler.state.offline import ClusterObjects
+from scheduler.state.quarantine import UNREADABLE, Problem, Quarantine
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +192,11 @@ class ClusterStore:
         self._pods: dict[str, PodRecord] = {}
         # Pods we bound whose binding the watch has not shown yet (see _put_pod).
         self._assumed: dict[str, PodRecord] = {}
-        # Per node: its Node and NodeInventory objects and the facts parsed from them.
-        self._facts: dict[str, tuple[Mapping[str, Any], Mapping[str, Any] | None, NodeFacts]] = {}
+        # Per node: its Node and NodeInventory objects and the facts parsed from them (None:
+        # the Node cannot be understood; it is quarantined and not offered).
+        self._facts: dict[
+            str, tuple[Mapping[str, Any], Mapping[str, Any] | None, NodeFacts | None]
+        ] = {}
         # Binds waiting on the API server, by pod UID (see bind).
         self._in_flight: dict[str, _BindCall] = {}
         self._pod_objects: dict[tuple[str, str], Mapping[str, Any]] = {}
@@ -199,6 +207,8 @@ class ClusterStore:
         self._memo: LRUCache[tuple[object, ...], _DemandMemo] = LRUCache(memo_pods)
         # Pods seen by filter/prioritize, by UID: bind gets only names and must re-evaluate.
         self._seen: LRUCache[str, PodDemand] = LRUCache(pending_pods)
+        # Their groups' identities (gang key and controller), by UID.
+        self._seen_gang_ids: LRUCache[str, str] = LRUCache(pending_pods)
         # Predictions the kubelet contradicted, each counted once: (node, pod, actual GPUs).
         self._mismatches_seen: LRUCache[tuple[str, str, tuple[int, ...]], bool] = LRUCache(
             pending_pods
@@ -206,6 +216,19 @@ class ClusterStore:
         self.prediction_mismatches = 0
         self.observer: StoreObserver | None = None
         self.synced = False
+        # Objects that could not be understood (see scheduler.state.quarantine).
+        self.quarantine = Quarantine()
+        # Kinds whose view is not in sync now, and why (never listed, a relist failed); the
+        # informers keep it (`sync_problem`), /readyz reports it.
+        self.sync_problems: dict[str, str] = {}
+
+    def sync_problem(self, kind: str, problem: str | None) -> None:
+        """The informer of `kind` reports its view out of sync (`problem`) or in sync (None)."""
+        with self._lock:
+            if problem is None:
+                self.sync_problems.pop(kind, None)
+            else:
+                self.sync_problems[kind] = problem
 
     # ---- feeding -------------------------------------------------------------------------
 
@@ -220,23 +243,39 @@ class ClusterStore:
     def replace_kind(
         self, kind: str, items: Iterable[Mapping[str, Any]], rebuild: bool = True
     ) -> None:
-        """All objects of one kind, as a (re-)list returns them."""
+        """All objects of one kind, as a (re-)list returns them.
+
+        Atomic: every object is converted first, aside, and the view is replaced only once
+        the whole list has arrived and been converted; an object that cannot be converted is
+        quarantined, never the end of the relist."""
+        if kind not in ("Node", "NodeInventory", "Pod"):
+            raise ValueError(f"kvsched does not track {kind}")
+        named: dict[str, Mapping[str, Any]] = {}
+        pods: list[tuple[PodRecord, Mapping[str, Any]]] = []
+        for obj in items:
+            if kind == "Pod":
+                converted = self._convert_pod(obj)
+                if converted is not None:
+                    pods.append(converted)
+            else:
+                name = self._name_of(kind, obj)
+                if name is not None:
+                    named[name] = obj
         with self._lock:
             if kind == "Node":
-                self._node_objects = {object_name(n): n for n in items}
+                self._node_objects = named
             elif kind == "NodeInventory":
-                self._inventories = {object_name(i): i for i in items}
-            elif kind == "Pod":
+                self._inventories = named
+            else:
+                self.quarantine.retain("Pod", {record.uid for record, _ in pods})
                 self._pods, self._pod_objects, self._pods_by_node = {}, {}, {}
-                for pod in items:
-                    self._put_pod(pod_record(pod), pod)
+                for record, pod in pods:
+                    self._put_pod(record, pod)
                 for uid, assumed in list(self._assumed.items()):
                     if uid not in self._pods:
                         # Listed before our bind landed, or deleted: the next watch event
                         # settles it; until then the GPUs stay taken.
                         self._put_pod(assumed)
-            else:
-                raise ValueError(f"kvsched does not track {kind}")
             if rebuild:
                 self._entries = {}
                 for memo in self._memo.values():
@@ -257,18 +296,28 @@ class ClusterStore:
 
     def delete(self, kind: str, obj: Mapping[str, Any]) -> None:
         """A DELETED object from a watch."""
-        if kind == "Node":
-            self.delete_node(object_name(obj))
-        elif kind == "NodeInventory":
-            self.delete_inventory(object_name(obj))
-        elif kind == "Pod":
-            self.delete_pod(pod_record(obj).uid)
-        else:
+        if kind == "Pod":
+            key = pod_key(obj)
+            if key is not None:
+                self.quarantine.clear("Pod", key)
+                self.delete_pod(key)
+            return
+        if kind not in ("Node", "NodeInventory"):
             raise ValueError(f"kvsched does not track {kind}")
+        name = self._name_of(kind, obj)
+        if name is None:
+            return
+        self.quarantine.clear(kind, name)
+        if kind == "Node":
+            self.delete_node(name)
+        else:
+            self.delete_inventory(name)
 
     def upsert_node(self, node: Mapping[str, Any]) -> None:
+        name = self._name_of("Node", node)
+        if name is None:
+            return
         with self._lock:
-            name = object_name(node)
             self._node_objects[name] = node
             self._rebuild(name)
 
@@ -278,8 +327,10 @@ class ClusterStore:
             self._rebuild(name)
 
     def upsert_inventory(self, inventory: Mapping[str, Any]) -> None:
+        name = self._name_of("NodeInventory", inventory)
+        if name is None:
+            return
         with self._lock:
-            name = object_name(inventory)
             self._inventories[name] = inventory
             self._rebuild(name)
 
@@ -288,9 +339,36 @@ class ClusterStore:
             self._inventories.pop(name, None)
             self._rebuild(name)
 
+    def _name_of(self, kind: str, obj: object) -> str | None:
+        """A Node's or NodeInventory's name; None (and quarantined) when it has none."""
+        meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+        name = meta.get("name") if isinstance(meta, Mapping) else None
+        if isinstance(name, str) and name:
+            return name
+        self.quarantine.reject(kind, "", obj, Problem(UNREADABLE, "no metadata.name"))
+        return None
+
+    def _convert_pod(self, obj: object) -> tuple[PodRecord, Mapping[str, Any]] | None:
+        """The pod's record, quarantining what cannot be read (None: nothing usable)."""
+        try:
+            record, problem = read_pod(obj)
+        except Exception as exc:
+            key = pod_key(obj) or ""
+            self.quarantine.reject("Pod", key, obj, Problem(UNREADABLE, str(exc)))
+            return None
+        assert isinstance(obj, Mapping)
+        if problem is not None:
+            self.quarantine.reject("Pod", record.uid, obj, problem)
+        else:
+            self.quarantine.clear("Pod", record.uid)
+        return record, obj
+
     def upsert_pod(self, pod: Mapping[str, Any]) -> None:
+        converted = self._convert_pod(pod)
+        if converted is None:
+            return  # what the store knew of it (if anything) stands
+        record = converted[0]
         with self._lock:
-            record = pod_record(pod)
             old = self._pods.get(record.uid)
             self._put_pod(record, pod)
             for node in {record.node, old.node if old else None} - {None}:
@@ -302,7 +380,16 @@ class ClusterStore:
             self._assumed.pop(uid, None)
             # A deleted pod must not come back as a gang member through the filter's memory.
             self._seen.pop(uid, None)
-            gang = self._gangs.gang_of(uid) or (self._pods[uid].gang if uid in self._pods else None)
+            self._seen_gang_ids.pop(uid, None)
+            gang = self._gangs.gang_of(uid)
+            known = self._pods.get(uid)
+            if gang is None and known is not None and known.gang_member:
+                assert known.gang_id is not None
+                plan = self._gangs.plan(known.gang_id)
+                # A member recreated under a new UID took over its reservation: the plan
+                # stands. A pod that was no longer a member (Terminating) changes nothing.
+                if plan is not None and all(r.name != known.name for r in plan.values()):
+                    gang = known.gang_id
             if gang is not None and self._gangs.plan(gang) is not None:
                 log.info("gang %s: member %s deleted; releasing its plan", gang, uid)
                 self._release_gang(gang)
@@ -352,8 +439,11 @@ class ClusterStore:
         if cached is not None and cached[0] is node and cached[1] is inventory:
             facts = cached[2]
         else:
-            facts = node_facts(node, inventory, self.catalog)
+            facts = self._convert_node(name, node, inventory)
             self._facts[name] = (node, inventory, facts)
+        if facts is None:
+            self._entries.pop(name, None)  # quarantined: not offered
+            return
         state = node_state_from(facts, pods)
         self._entries[name] = self._entry(state)
         for mismatch in state.mismatches:
@@ -372,6 +462,34 @@ class ClusterStore:
             )
             if self.observer is not None:
                 self.observer.prediction_mismatch(name, mismatch.pod)
+
+    def _convert_node(
+        self, name: str, node: Mapping[str, Any], inventory: Mapping[str, Any] | None
+    ) -> NodeFacts | None:
+        """The node's facts; an inventory that breaks them is quarantined and the node judged
+        from its labels; a Node that cannot be understood is quarantined (None)."""
+        try:
+            facts = node_facts(node, inventory, self.catalog)
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        else:
+            self.quarantine.clear("Node", name)
+            if inventory is not None:
+                self.quarantine.clear("NodeInventory", name)
+            return facts
+        if inventory is not None:
+            try:
+                facts = node_facts(node, None, self.catalog)
+            except Exception:
+                pass
+            else:
+                self.quarantine.reject(
+                    "NodeInventory", name, inventory, Problem(UNREADABLE, failure)
+                )
+                self.quarantine.clear("Node", name)
+                return facts
+        self.quarantine.reject("Node", name, node, Problem(UNREADABLE, failure))
+        return None
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -392,8 +510,15 @@ class ClusterStore:
     def demand(self, pod: Mapping[str, Any]) -> PodDemand:
         demand = parse_demand(pod, self.catalog)
         if demand.uid:
+            gang_id = None
+            if demand.gang is not None:
+                meta = pod.get("metadata")
+                owner = controller_uid(meta) if isinstance(meta, Mapping) else None
+                gang_id = gang_identity(demand.gang.key, demand.gang.source, owner)
             with self._lock:  # binds run in worker threads and read it
                 self._seen[demand.uid] = demand
+                if gang_id is not None:
+                    self._seen_gang_ids[demand.uid] = gang_id
         return demand
 
     def evaluations(
@@ -472,12 +597,23 @@ class ClusterStore:
                 log.info("gang %s: member %s bound", record.gang, record.ref)
             return
         reservation = record.reservation
+        moment = self.clock()
         if (
             reservation is None
-            or record.phase in TERMINAL_PHASES
+            or not record.gang_member
             or self._gangs.reservation(record.uid) is not None
-            or reservation.expires <= self.clock()
+            or reservation.expires <= moment
         ):
+            return
+        if (
+            reservation.gang != record.gang_id
+            or len(reservation.indices) != record.gpus
+            or reservation.expires > moment + dt.timedelta(seconds=self.gang_ttl_s)
+        ):
+            # Not one of our plans for this pod (any pod can carry any annotation): a
+            # reservation must name the pod's own group, its GPU count, and expire within a
+            # plan's lifetime, or it could hold GPUs for anyone, for ever.
+            log.info("pod %s: ignoring a reservation that is not its group's plan", record.ref)
             return
         # Found on a listed pod: a plan made before a restart of ours.
         self._gangs.restore(
@@ -504,35 +640,66 @@ class ClusterStore:
             log.info("gang %s: plan expired before every member bound; releasing", gang)
             self._release_gang(gang)
 
-    def _gang_members(self, demand: PodDemand) -> tuple[list[PodDemand], list[PodRecord]]:
-        """(unbound members' demands, bound members) of the pod's group, as far as known."""
+    def _gang_id(self, demand: PodDemand) -> str:
+        """The identity of the pod's group (see objects.gang_identity)."""
         assert demand.gang is not None
-        key = demand.gang.key
-        unbound: dict[str, PodDemand] = {demand.uid: demand}
-        bound: list[PodRecord] = []
+        found = self._seen_gang_ids.get(demand.uid)
+        if found is None:
+            record = self._pods.get(demand.uid)
+            found = record.gang_id if record is not None else None
+        return found or demand.gang.key
+
+    def _gang_members(
+        self, demand: PodDemand, gang_id: str
+    ) -> tuple[list[PodDemand], list[PodRecord]]:
+        """(unbound members' demands, bound members) of the pod's group, as far as known.
+
+        Members are the pods of the same group identity (name and controller) that are neither
+        finished nor Terminating, one per pod name: a member recreated under a new UID
+        replaces its earlier incarnation, which may still be in the view (its DELETE on its
+        way) or in the filter's memory (a DELETE the informer never saw)."""
+        unbound: dict[str, PodDemand] = {demand.name: demand}
+        bound: dict[str, PodRecord] = {}
         for record in list(self._pods.values()):
-            if record.gang != key or record.phase in TERMINAL_PHASES:
+            if record.gang_id != gang_id or not record.gang_member:
                 continue
+            if record.name == demand.name and record.uid != demand.uid:
+                continue  # the asking pod's earlier incarnation
             if record.node is not None:
-                bound.append(record)
+                bound[record.name] = record
                 continue
-            if record.uid not in unbound:
+            if record.name not in unbound and record.name not in bound:
                 obj = self._pod_objects.get((record.namespace, record.name))
                 if obj is not None:
-                    unbound[record.uid] = parse_demand(obj, self.catalog)
+                    unbound[record.name] = parse_demand(obj, self.catalog)
         for seen in list(self._seen.values()):
-            if seen.gang is not None and seen.gang.key == key and seen.uid not in unbound:
-                known = self._pods.get(seen.uid)
-                if known is None or known.node is None:
-                    unbound[seen.uid] = seen
-        bound_uids = {r.uid for r in bound}
-        return [d for uid, d in unbound.items() if uid not in bound_uids], bound
+            if (
+                seen.gang is None
+                or seen.name in unbound
+                or seen.name in bound
+                or self._seen_gang_ids.get(seen.uid, seen.gang.key) != gang_id
+            ):
+                continue
+            known = self._pods.get(seen.uid)
+            if known is None or (known.node is None and known.gang_member):
+                unbound[seen.name] = seen
+        return [d for name, d in unbound.items() if name not in bound], list(bound.values())
 
-    def _plan_gang(self, demand: PodDemand, names: Sequence[str]) -> str | None:
+    def _plan_gang(self, demand: PodDemand, names: Sequence[str], gang_id: str) -> str | None:
         """Plan the pod's whole group; None on success, else the reason every node fails."""
         assert demand.gang is not None
         gang = demand.gang
-        unbound, bound = self._gang_members(demand)
+        unbound, bound = self._gang_members(demand, gang_id)
+        sizes: dict[int | None, list[str]] = {}
+        for d in unbound:
+            sizes.setdefault(d.gang.size if d.gang is not None else None, []).append(d.name)
+        for record in bound:
+            sizes.setdefault(record.gang_size, []).append(record.name)
+        if len(sizes) > 1:
+            return f"gang {gang.key}: members disagree on kvsched.io/gang-size: " + " vs ".join(
+                f"{'unset' if size is None else size} ({_names(members)})"
+                for size, members in sorted(sizes.items(), key=lambda item: item[0] or 0)
+            )
         if gang.size is None:
             return (
                 f"gang {gang.key} has no size: set kvsched.io/gang-size (or the "
@@ -563,11 +730,11 @@ class ClusterStore:
                 gang.namespace,
                 p.name,
                 len(p.gpus),
-                GpuReservation(gang.key, p.node, p.gpus, expires),
+                GpuReservation(gang_id, p.node, p.gpus, expires),
             )
             for p in result.placements
         ]
-        self._gangs.record(gang.key, reserved)
+        self._gangs.record(gang_id, reserved)
         for node in {r.reservation.node for r in reserved}:
             self._rebuild(node)
         log.info("gang %s planned: %s", gang.key, result.describe())
@@ -583,13 +750,15 @@ class ClusterStore:
         assert demand.gang is not None
         with self._lock:
             self._expire_gangs()
+            gang_id = self._gang_id(demand)
             reserved = self._gangs.reservation(demand.uid)
             if reserved is None:
-                plan = self._gangs.plan(demand.gang.key)
-                if plan is not None:
+                reserved = self._adopt(demand, gang_id)
+            if reserved is None:
+                if self._gangs.plan(gang_id) is not None:
                     # A member the plan does not know (a replacement): plan the group again.
-                    self._release_gang(demand.gang.key)
-                reason = self._plan_gang(demand, names)
+                    self._release_gang(gang_id)
+                reason = self._plan_gang(demand, names, gang_id)
                 if reason is not None:
                     return FilterResult([], dict.fromkeys(names, reason), {}, {"gang": len(names)})
                 reserved = self._gangs.reservation(demand.uid)
@@ -600,6 +769,24 @@ class ClusterStore:
             if node not in names:
                 failed[node] = f"gang {demand.gang.key}: planned node {node} was not offered"
             return FilterResult([node] if node in names else [], {}, failed, {"gang": len(failed)})
+
+    def _adopt(self, demand: PodDemand, gang_id: str) -> Reserved | None:
+        """A member recreated under a new UID (same name, same GPU count) takes over its
+        earlier incarnation's reservation instead of forcing the group to be planned again."""
+        earlier = self._gangs.find(gang_id, demand.namespace, demand.name)
+        if earlier is None or earlier.uid == demand.uid or earlier.gpus != demand.gpus:
+            return None
+        adopted = self._gangs.adopt(earlier.uid, demand.uid)
+        if adopted is None:
+            return None
+        log.info(
+            "gang %s: %s recreated (uid %s); it keeps its plan", gang_id, demand.ref, demand.uid
+        )
+        try:
+            self.binder.reserve(adopted.namespace, adopted.name, adopted.reservation)
+        except BindError as exc:
+            log.warning("gang %s: cannot record reservation on %s: %s", gang_id, demand.name, exc)
+        return adopted
 
     def filter(
         self, demand: PodDemand, names: Sequence[str], extra: Mapping[str, NodeState] | None = None
@@ -811,6 +998,8 @@ class ClusterStore:
             model=demand.model,
             phase="Pending",
             gang=demand.gang.key if demand.gang is not None else None,
+            gang_id=self._gang_id(demand) if demand.gang is not None else None,
+            gang_size=demand.gang.size if demand.gang is not None else None,
             role=demand.role,
         )
         return record, evaluation.summary()
@@ -836,7 +1025,8 @@ class ClusterStore:
             assignment=assignment,
             model=None,
             phase="Pending",
-            gang=plan.gang,
+            gang=gang_key(plan.gang),
+            gang_id=plan.gang,
         )
         return record, f"predicted-gpus={','.join(map(str, plan.indices))} gang={plan.gang}"
 
@@ -878,6 +1068,11 @@ class ClusterStore:
                     row["score"] = score
         rows.sort(key=lambda r: (not r["fits"], -r["score"], -r["raw"], r["node"]))
         return rows
+
+
+def _names(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(sorted(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _assignment(node: str, state: NodeState, indices: tuple[int, ...]) -> GpuPrediction:

@@ -12,6 +12,13 @@ Each kind (Node, Pod, NodeInventory) runs the informer loop:
 The store is ready once every kind has been listed once. A missing NodeInventory CRD is not
 fatal: inventories count as empty and the list is retried with backoff, so nodes are still
 scheduled from their labels.
+
+Hostile objects: the target converts each object on its own and quarantines what it cannot
+understand, so neither a watch event nor a relist fails on one object; should applying one
+event still raise (a bug), the event is logged and skipped and the watch goes on. The target
+is told which kinds are out of sync (`sync_problem`): never listed yet, or a relist that
+failed, until the next list succeeds (a watch that ends or fails is routine: the view stays
+whole and the informer lists again).
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ class SyncTarget(Protocol):
     state)."""
 
     synced: bool
+
+    def sync_problem(self, kind: str, problem: str | None) -> None:
+        """The view of `kind` is out of sync (`problem` says why) or in sync again (None)."""
+        ...
 
     def replace_kind(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None: ...
 
@@ -90,6 +101,7 @@ class ClusterSync:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        self._note_never_listed()
         for kind in KINDS:
             thread = threading.Thread(
                 target=self.run_kind, args=(kind,), name=f"sync-{kind}", daemon=True
@@ -105,6 +117,12 @@ class ClusterSync:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    def _note_never_listed(self) -> None:
+        with self._lock:
+            for kind in KINDS:
+                if kind not in self._listed:
+                    self.store.sync_problem(kind, "never listed yet")
+
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
@@ -113,8 +131,10 @@ class ClusterSync:
         """The informer loop of one kind; returns when stopped."""
         failures = 0
         while not self._stop.is_set():
+            listing = True
             try:
                 version = self._list(kind)
+                listing = False
                 failures = 0
                 self._watch(kind, version)
             except GoneError:
@@ -125,6 +145,7 @@ class ClusterSync:
                     raise
                 # No CRD: schedule from labels; keep looking for it.
                 self._mark_listed(kind)
+                self.store.sync_problem(kind, None)
                 failures += 1
                 self.observer.watch_restarted(kind, "not_found")
                 log.warning("NodeInventory not served (%s); retrying", exc)
@@ -132,6 +153,8 @@ class ClusterSync:
             except Exception as exc:  # any error: back off and start over from a list
                 failures += 1
                 self.observer.watch_restarted(kind, "error")
+                if listing:
+                    self.store.sync_problem(kind, f"list failed: {str(exc)[:200]}")
                 delay = self._backoff(failures)
                 log.warning("sync %s failed (%s); retrying in %.1fs", kind, exc, delay)
                 self._sleep(delay)
@@ -141,6 +164,7 @@ class ClusterSync:
         self.store.replace_kind(kind, result.items)
         self.observer.listed(kind, len(result.items))
         self._mark_listed(kind)
+        self.store.sync_problem(kind, None)
         return result.resource_version
 
     def _watch(self, kind: str, version: str) -> None:
@@ -155,8 +179,9 @@ class ClusterSync:
         obj = event.get("object")
         if not isinstance(obj, dict):
             raise KubeError(f"watch {kind}: event without an object: {event!r:.200}")
-        meta = obj.get("metadata") or {}
-        new_version = str(meta.get("resourceVersion") or version)
+        meta = obj.get("metadata")
+        raw_version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        new_version = raw_version if isinstance(raw_version, str) and raw_version else version
         if kind_of_event == "BOOKMARK":
             return new_version
         if kind_of_event == "ERROR":
@@ -165,12 +190,17 @@ class ClusterSync:
                 raise GoneError(f"watch {kind}: {obj.get('message')}", 410)
             raise KubeError(f"watch {kind}: {obj.get('message')}", int(code or 0))
         obj.setdefault("kind", kind)
-        if kind_of_event in ("ADDED", "MODIFIED"):
-            self.store.upsert(kind, obj)
-        elif kind_of_event == "DELETED":
-            self.store.delete(kind, obj)
-        else:
-            log.warning("watch %s: ignoring event type %r", kind, kind_of_event)
+        try:
+            if kind_of_event in ("ADDED", "MODIFIED"):
+                self.store.upsert(kind, obj)
+            elif kind_of_event == "DELETED":
+                self.store.delete(kind, obj)
+            else:
+                log.warning("watch %s: ignoring event type %r", kind, kind_of_event)
+        except Exception:
+            # The target quarantines objects it cannot understand; this is a bug in applying
+            # one. The watch goes on: one object must not stop the view of all the others.
+            log.exception("watch %s: applying a %s event failed; skipped", kind, kind_of_event)
         return new_version
 
     def _mark_listed(self, kind: str) -> None:
