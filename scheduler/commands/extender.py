@@ -19,6 +19,12 @@ from scheduler.extender.app import (
     create_app,
 )
 from scheduler.extender.metrics import ExtenderMetrics
+from scheduler.extender.server import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_S,
+    DEFAULT_MAX_CONNECTIONS,
+    ServerSettings,
+)
 from scheduler.logs import configure_logging
 from scheduler.state.binder import ApiBinder
 from scheduler.state.events import EventRecorder, PodEvents
@@ -75,6 +81,26 @@ def register(subparsers: Any) -> None:
         help="answer 408 when a request body has not fully arrived by then",
     )
     parser.add_argument(
+        "--header-timeout-seconds",
+        type=_positive_float,
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        help="close a connection that has not sent a request's complete headers by then "
+        f"(default {DEFAULT_HEADER_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="open connections at most; requests beyond it are answered 503 "
+        f"(default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--keep-alive-seconds",
+        type=_positive_int,
+        default=DEFAULT_KEEP_ALIVE_S,
+        help=f"close a keep-alive connection idle for that long (default {DEFAULT_KEEP_ALIVE_S})",
+    )
+    parser.add_argument(
         "--score-weight",
         action="append",
         default=[],
@@ -98,6 +124,26 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--log-format", choices=("json", "text"), default="json")
     add_catalog_argument(parser)
     parser.set_defaults(func=run)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
 
 
 def scoring_from_args(weights: list[str], engine_init: float | None) -> ScoringConfig:
@@ -174,12 +220,18 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes, body_timeout_s=args.request_body_timeout_seconds
     )
     app = create_app(store, settings, metrics, background, events)
+    server = ServerSettings(
+        header_timeout_s=args.header_timeout_seconds,
+        max_connections=args.max_connections,
+        keep_alive_s=args.keep_alive_seconds,
+    )
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_config=None,
         access_log=False,
+        **server.uvicorn_options(),
         **tls_options(args),
     )
     return 0

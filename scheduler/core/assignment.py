@@ -22,6 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from scheduler.core.bounds import echo, json_depth_exceeds
+
+# Bounds on the JSON annotations kvsched reads back (any pod may carry any text under these
+# names). Ours nest two deep ({"indices": [...]}) and stay under 4 KiB even with 72 GPUs'
+# UUIDs; a longer or deeper text is refused before it is decoded (a deep one would make the
+# decoder recurse until RecursionError).
+MAX_ANNOTATION_JSON_CHARS = 64 * 2**10
+MAX_ANNOTATION_JSON_DEPTH = 8
+
 
 @dataclass(frozen=True, slots=True)
 class GpuPrediction:
@@ -56,6 +65,12 @@ class GpuPrediction:
 
 
 def _json_object(text: str) -> dict[str, object]:
+    if not isinstance(text, str):
+        raise ValueError(f"not JSON text: {echo(text)}")
+    if len(text) > MAX_ANNOTATION_JSON_CHARS:
+        raise ValueError(f"longer than {MAX_ANNOTATION_JSON_CHARS} characters")
+    if json_depth_exceeds(text, MAX_ANNOTATION_JSON_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_ANNOTATION_JSON_DEPTH} levels")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -117,5 +132,5 @@ class GpuReservation:
         try:
             when = datetime.fromisoformat(expires.replace("Z", "+00:00"))
         except ValueError:
-            raise ValueError(f"'expires' {expires!r} is not an RFC 3339 time") from None
+            raise ValueError(f"'expires' {echo(expires)} is not an RFC 3339 time") from None
         return cls(gang, node, tuple(indices), when)

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from scheduler.core.quantity import parse_quantity, parse_whole_quantity
+from scheduler.core.bounds import ECHO_CHARS, clip, echo
+from scheduler.core.quantity import QuantityRangeError, parse_quantity, parse_whole_quantity
 from scheduler.models.catalog import Catalog
 from scheduler.models.dtypes import normalize_dtype
 from scheduler.models.kvplan import MemoryPlan, plan_memory, plan_weights_only
@@ -81,6 +82,17 @@ POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 ROLES = ("prefill", "decode")
+
+# Bounds on what a pod may say (DESIGN.md, "Hostile input"). Whole numbers (max-model-len,
+# max-num-seqs, kv-cache-tokens, gang sizes) have at most 18 digits: every product kvsched
+# forms from them stays an exact, float-convertible number, and no real value comes close.
+MAX_INT_DIGITS = 18
+# Names (model, revision, gang, topology-key, kv-peer) are at most as long as the longest
+# Kubernetes label key (a 253-character prefix, "/", a 63-character name): other messages
+# quote them whole.
+MAX_NAME_CHARS = 317
+# Longer text is not a number kvsched reads (a fraction, or a whole number with its zeros).
+_MAX_NUMBER_CHARS = 64
 
 
 class DemandError(ValueError):
@@ -163,9 +175,9 @@ def parse_demand(pod: Mapping[str, Any], catalog: Catalog) -> PodDemand:
     """Parse a core/v1 Pod (as JSON) into a PodDemand; bad input goes into `.error`."""
     raw_meta = pod.get("metadata")
     meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
-    namespace = str(meta.get("namespace") or "default")
-    name = str(meta.get("name") or "")
-    uid = str(meta.get("uid") or "")
+    namespace = _text(meta.get("namespace")) or "default"
+    name = _text(meta.get("name"))
+    uid = _text(meta.get("uid"))
     try:
         return _parse(pod, meta, namespace, name, uid, catalog)
     except DemandError as exc:
@@ -188,7 +200,7 @@ def _parse(
     for key in annotations:
         if key.startswith(PREFIX) and key not in KNOWN_ANNOTATIONS:
             raise DemandError(
-                f"unknown annotation {key}={annotations[key]!r}: kvsched knows "
+                f"unknown annotation {clip(key, ECHO_CHARS)}: kvsched knows "
                 + ", ".join(sorted(a.removeprefix(PREFIX) for a in USER_ANNOTATIONS))
             )
     gpus = gpu_request(pod)
@@ -198,16 +210,16 @@ def _parse(
         utilization = DEFAULT_GPU_MEMORY_UTILIZATION
     role = annotations.get(A_ROLE)
     if role is not None and role not in ROLES:
-        raise DemandError(f"annotation {A_ROLE}={role!r} must be one of {', '.join(ROLES)}")
-    kv_peer = annotations.get(A_KV_PEER)
+        raise DemandError(f"annotation {A_ROLE}={echo(role)} must be one of {', '.join(ROLES)}")
+    kv_peer = _name(annotations, A_KV_PEER)
     if kv_peer is not None and not kv_peer.strip():
-        raise DemandError(f"annotation {A_KV_PEER}={kv_peer!r} must name a gang or model")
-    topology_key = annotations.get(A_TOPOLOGY_KEY)
+        raise DemandError(f"annotation {A_KV_PEER}={echo(kv_peer)} must name a gang or model")
+    topology_key = _name(annotations, A_TOPOLOGY_KEY)
     if topology_key is not None and not topology_key.strip():
-        raise DemandError(f"annotation {A_TOPOLOGY_KEY}={topology_key!r} must be a label key")
+        raise DemandError(f"annotation {A_TOPOLOGY_KEY}={echo(topology_key)} must be a label key")
     gang = _gang(namespace, annotations, labels)
 
-    model_name = annotations.get(A_MODEL)
+    model_name = _name(annotations, A_MODEL)
     base = PodDemand(
         namespace=namespace,
         name=name,
@@ -232,7 +244,7 @@ def _parse(
         stray = [key for key in model_only if key in annotations]
         if stray:
             raise DemandError(
-                f"annotation {stray[0]}={annotations[stray[0]]!r} needs {A_MODEL} to be set"
+                f"annotation {stray[0]}={echo(annotations[stray[0]])} needs {A_MODEL} to be set"
             )
         return base
     model_name = model_name.strip()
@@ -240,7 +252,7 @@ def _parse(
         raise DemandError(f"annotation {A_MODEL}='' is empty: set a model id")
     if gpus == 0:
         raise DemandError(
-            f"annotation {A_MODEL}={model_name!r} is set but the pod requests no {GPU_RESOURCE}"
+            f"annotation {A_MODEL}={echo(model_name)} is set but the pod requests no {GPU_RESOURCE}"
         )
     return _with_model(base, model_name, annotations, catalog)
 
@@ -248,7 +260,7 @@ def _parse(
 def _with_model(
     base: PodDemand, model_name: str, annotations: Mapping[str, str], catalog: Catalog
 ) -> PodDemand:
-    revision = annotations.get(A_REVISION)
+    revision = _name(annotations, A_REVISION)
     if revision is not None and not revision.strip():
         raise DemandError(f"annotation {A_REVISION}='' is empty")
     weights_override = _optional(annotations, A_WEIGHTS_BYTES, _byte_size)
@@ -273,7 +285,7 @@ def _with_model(
     if spec is None:
         if weights_override is None:
             raise DemandError(
-                f"unknown model {model_name!r}: add it to the catalog or set {A_WEIGHTS_BYTES}"
+                f"unknown model {echo(model_name)}: add it to the catalog or set {A_WEIGHTS_BYTES}"
             )
         # Without the architecture the KV size is unknowable; plan weights only and say so.
         plan = plan_weights_only(
@@ -319,7 +331,7 @@ def _with_model(
 def _gang(
     namespace: str, annotations: Mapping[str, str], labels: Mapping[str, str]
 ) -> GangRef | None:
-    gang = annotations.get(A_GANG)
+    gang = _name(annotations, A_GANG)
     size_text = annotations.get(A_GANG_SIZE)
     if gang is not None:
         if not gang.strip():
@@ -329,14 +341,15 @@ def _gang(
     if LWS_GROUP_KEY in labels and size_text is None:
         lws_size = annotations.get(LWS_SIZE)
         size = _positive_int(LWS_SIZE, lws_size) if lws_size is not None else None
-        return GangRef(namespace, "lws-" + labels[LWS_GROUP_KEY], size, "leaderworkerset")
+        group_key = _name(labels, LWS_GROUP_KEY, "label") or ""
+        return GangRef(namespace, "lws-" + group_key, size, "leaderworkerset")
     if POD_GROUP_LABEL in labels:
         # The PodGroup's minMember lives in another object; kvsched reads the size from
         # kvsched.io/gang-size on the members.
         size = _positive_int(A_GANG_SIZE, size_text) if size_text is not None else None
-        return GangRef(namespace, labels[POD_GROUP_LABEL], size, "pod-group")
+        return GangRef(namespace, _name(labels, POD_GROUP_LABEL, "label") or "", size, "pod-group")
     if size_text is not None:
-        raise DemandError(f"annotation {A_GANG_SIZE}={size_text!r} needs {A_GANG} to be set")
+        raise DemandError(f"annotation {A_GANG_SIZE}={echo(size_text)} needs {A_GANG} to be set")
     return None
 
 
@@ -349,7 +362,7 @@ def gang_of(pod: Mapping[str, Any]) -> GangRef | None:
     try:
         annotations = _string_map(meta.get("annotations"), "metadata.annotations")
         labels = _string_map(meta.get("labels"), "metadata.labels")
-        return _gang(str(meta.get("namespace") or "default"), annotations, labels)
+        return _gang(_text(meta.get("namespace")) or "default", annotations, labels)
     except DemandError:
         return None
 
@@ -365,42 +378,78 @@ def _optional(annotations: Mapping[str, str], key: str, parse: Callable[[str, st
 
 
 def _positive_int(key: str, text: str) -> int:
+    digits = text.strip().replace("_", "")
+    if len(digits) > _MAX_NUMBER_CHARS:  # never handed to int(): bounded work, a clear reason
+        if digits.lstrip("+-").isdigit():
+            raise DemandError(
+                f"annotation {key}={echo(text)} is out of range (at most {MAX_INT_DIGITS} digits)"
+            )
+        raise DemandError(f"annotation {key}={echo(text)} is not a whole number")
     try:
-        value = int(text.strip().replace("_", ""))
+        value = int(digits)
     except ValueError:
-        raise DemandError(f"annotation {key}={text!r} is not a whole number") from None
+        raise DemandError(f"annotation {key}={echo(text)} is not a whole number") from None
     if value <= 0:
-        raise DemandError(f"annotation {key}={text!r} must be positive")
+        raise DemandError(f"annotation {key}={echo(text)} must be positive")
+    if value >= 10**MAX_INT_DIGITS:
+        raise DemandError(
+            f"annotation {key}={echo(text)} is out of range (at most {MAX_INT_DIGITS} digits)"
+        )
     return value
 
 
 def _byte_size(key: str, text: str) -> int:
     try:
         value = parse_whole_quantity(text)
+    except QuantityRangeError:
+        raise DemandError(
+            f"annotation {key}={echo(text)} is out of range: a byte size must fit int64 "
+            "(at most 8Ei)"
+        ) from None
     except ValueError:
         raise DemandError(
-            f"annotation {key}={text!r} is not a byte size (e.g. 141000000000 or 132Gi)"
+            f"annotation {key}={echo(text)} is not a byte size (e.g. 141000000000 or 132Gi)"
         ) from None
     if value <= 0:
-        raise DemandError(f"annotation {key}={text!r} must be positive")
+        raise DemandError(f"annotation {key}={echo(text)} must be positive")
     return value
 
 
 def _fraction(key: str, text: str) -> float:
+    not_a_number = DemandError(f"annotation {key}={echo(text)} is not a number")
+    if len(text) > _MAX_NUMBER_CHARS:
+        raise not_a_number
     try:
         value = float(text)
     except ValueError:
-        raise DemandError(f"annotation {key}={text!r} is not a number") from None
+        raise not_a_number from None
     if not math.isfinite(value) or not 0.0 < value <= 1.0:
-        raise DemandError(f"annotation {key}={text!r} must be in (0, 1]")
+        raise DemandError(f"annotation {key}={echo(text)} must be in (0, 1]")
     return value
 
 
 def _dtype(key: str, text: str) -> str:
+    if len(text) > ECHO_CHARS:  # normalize_dtype quotes the name whole
+        raise DemandError(f"annotation {key}={echo(text)} is not a dtype")
     try:
         return normalize_dtype(text)
     except ValueError as exc:
-        raise DemandError(f"annotation {key}={text!r}: {exc}") from None
+        raise DemandError(f"annotation {key}={echo(text)}: {exc}") from None
+
+
+def _name(values: Mapping[str, str], key: str, kind: str = "annotation") -> str | None:
+    """A name-like annotation or label, bounded in length; None when absent."""
+    text = values.get(key)
+    if text is not None and len(text) > MAX_NAME_CHARS:
+        raise DemandError(f"{kind} {key}={echo(text)} is longer than {MAX_NAME_CHARS} characters")
+    return text
+
+
+def _text(value: object) -> str:
+    """A metadata field as text: itself when a string, else quoted short ("" when absent)."""
+    if isinstance(value, str):
+        return value
+    return "" if value is None else echo(value)
 
 
 def _containers(spec: Mapping[str, Any], field: str) -> list[Mapping[str, Any]]:
@@ -413,28 +462,27 @@ def _containers(spec: Mapping[str, Any], field: str) -> list[Mapping[str, Any]]:
 
 
 def _container_gpus(container: Mapping[str, Any]) -> int:
+    name = echo(container.get("name"))
     resources = container.get("resources") or {}
     if not isinstance(resources, Mapping):
-        raise DemandError(f"container {container.get('name')!r}: resources is not an object")
+        raise DemandError(f"container {name}: resources is not an object")
     counts: dict[str, int] = {}
     for kind in ("limits", "requests"):
         values = resources.get(kind) or {}
         if not isinstance(values, Mapping):
-            raise DemandError(
-                f"container {container.get('name')!r}: resources.{kind} is not an object"
-            )
+            raise DemandError(f"container {name}: resources.{kind} is not an object")
         if GPU_RESOURCE in values:
             raw = values[GPU_RESOURCE]
+            field = f"container {name}: resources.{kind}.{GPU_RESOURCE}"
             try:
                 counts[kind] = parse_whole_quantity(raw)
+            except QuantityRangeError:
+                raise DemandError(f"{field}={echo(raw)} is out of range (int64)") from None
             except ValueError:
-                raise DemandError(
-                    f"container {container.get('name')!r}: {GPU_RESOURCE}={raw!r} "
-                    "is not a whole number of GPUs"
-                ) from None
+                raise DemandError(f"{field} is {echo(raw)}, not a whole number of GPUs") from None
     if len(set(counts.values())) > 1:
         raise DemandError(
-            f"container {container.get('name')!r}: {GPU_RESOURCE} limit {counts['limits']} "
+            f"container {name}: {GPU_RESOURCE} limit {counts['limits']} "
             f"differs from request {counts['requests']}"
         )
     return next(iter(counts.values()), 0)
@@ -452,7 +500,7 @@ def _string_map(value: object, where: str) -> Mapping[str, str]:
     mapping = _mapping(value, where)
     for key, item in mapping.items():
         if not isinstance(item, str):
-            raise DemandError(f"{where}[{key!r}]={item!r} is not a string")
+            raise DemandError(f"{where}[{echo(key)}] is {echo(item)}, not a string")
     return mapping
 
 

@@ -15,6 +15,13 @@ from typing import Any
 
 import orjson
 
+from scheduler.core.bounds import MAX_REASON_CHARS, clip, json_depth_exceeds
+
+# How deep a request body may nest. Real Pods and Nodes (managedFields included) nest under
+# 20 levels; deeper bodies are refused with 400 before any code walks them (Python code that
+# recurses over a 1,000-deep value ends in RecursionError, orjson refuses to encode past 254).
+MAX_BODY_DEPTH = 64
+
 
 class WireError(ValueError):
     """The request body is not a valid extender request."""
@@ -37,11 +44,14 @@ class BindingArgs:
     node: str
 
 
-def decode_json(body: bytes) -> Any:
+def decode_json(body: bytes, max_depth: int = MAX_BODY_DEPTH) -> Any:
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise WireError(f"malformed JSON: {exc}") from None
+    if json_depth_exceeds(body, max_depth):
+        raise WireError(f"request body nests deeper than {max_depth} levels")
+    return data
 
 
 def _get(body: Mapping[str, Any], key: str) -> Any:
@@ -127,10 +137,19 @@ def filter_result(
     return {
         "Nodes": nodes_field,
         "NodeNames": names_field,
-        "FailedNodes": failed,
-        "FailedAndUnresolvableNodes": unresolvable,
+        "FailedNodes": bounded_reasons(failed),
+        "FailedAndUnresolvableNodes": bounded_reasons(unresolvable),
         "Error": error,
     }
+
+
+def bounded_reasons(reasons: Mapping[str, str]) -> Mapping[str, str]:
+    """The reasons, each at most MAX_REASON_CHARS (and an ellipsis): a response's size per node
+    is bounded whatever a pod carries. Equal reasons stay equal strings, so kube-scheduler can
+    aggregate them. (The parsers already quote user values short; this is the backstop.)"""
+    if not reasons or max(map(len, reasons.values())) <= MAX_REASON_CHARS:
+        return reasons
+    return {node: clip(reason) for node, reason in reasons.items()}
 
 
 def host_priorities(hosts: Sequence[str], scores: Sequence[int]) -> list[dict[str, Any]]:

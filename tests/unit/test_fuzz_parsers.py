@@ -2,20 +2,31 @@
 message; they never raise anything else and never hang.
 
 Case counts are fixed (settings below) so that the number of cases run is known:
-demand 600, topology 400, catalog 400, wire 400, assignment 300.
+demand 600, topology 400, catalog 400, wire 400, assignment 300; hostile sizes and nesting:
+quantities 400, JSON depth 400, deep annotations and bodies 100.
 """
 
 from __future__ import annotations
 
+import json
 import string
+import time
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler.core.assignment import GpuPrediction, GpuReservation
+from scheduler.core.bounds import json_depth_exceeds
 from scheduler.core.demand import KNOWN_ANNOTATIONS, parse_demand
-from scheduler.extender.wire import WireError, parse_binding_args, parse_extender_args
+from scheduler.core.quantity import INT64_MAX, parse_quantity
+from scheduler.extender.wire import (
+    MAX_BODY_DEPTH,
+    WireError,
+    decode_json,
+    parse_binding_args,
+    parse_extender_args,
+)
 from scheduler.models.catalog import Catalog, spec_from_hf_config
 from topology.model import TopologyError
 from topology.parse import parse_nvidia_smi_topo
@@ -185,3 +196,76 @@ def test_annotation_codecs_accept_or_explain(text: str) -> None:
             codec.decode(text)
         except ValueError as exc:
             assert str(exc)
+
+
+# Hostile sizes and nesting (DESIGN.md, "Hostile input"): bounded work, a ValueError, never
+# RecursionError or a big-number freeze.
+
+quantity_texts = st.one_of(
+    st.text(max_size=30),
+    st.builds(
+        lambda sign, digits, point, exponent, suffix: f"{sign}{digits}{point}{exponent}{suffix}",
+        st.sampled_from(["", "+", "-"]),
+        st.integers(1, 400).map(lambda n: "9" * n),
+        st.sampled_from(["", ".", ".5", "." + "0" * 60 + "1"]),
+        st.sampled_from(["", "e"]).flatmap(
+            lambda e: st.just("") if not e else st.integers(-(10**9), 10**9).map(lambda x: f"e{x}")
+        ),
+        st.sampled_from(["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "E"]),
+    ),
+)
+
+
+@fuzz(400)
+@given(quantity_texts)
+def test_quantities_parse_or_refuse_in_bounded_time(text: str) -> None:
+    started = time.perf_counter()
+    try:
+        value = parse_quantity(text)
+    except ValueError as exc:
+        assert len(str(exc)) < 200
+    else:
+        assert abs(value) <= INT64_MAX
+    assert time.perf_counter() - started < 0.05
+
+
+def depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    return 0
+
+
+tricky_strings = st.text(alphabet='[]{}"\\/ux0', max_size=12)
+tricky_json = st.recursive(
+    st.none() | st.integers() | tricky_strings,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(tricky_strings, inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@fuzz(400)
+@given(tricky_json, st.integers(0, 8), st.booleans())
+def test_json_depth_is_measured_exactly_on_the_text(value: Any, limit: int, compact: bool) -> None:
+    text = json.dumps(value, separators=(",", ":") if compact else None, ensure_ascii=compact)
+    assert json_depth_exceeds(text, limit) == (depth(value) > limit)
+    assert json_depth_exceeds(text.encode(), limit) == (depth(value) > limit)
+
+
+@fuzz(100)
+@given(st.integers(0, 20_000), st.sampled_from(["[", '{"a":', '[{"b":']))
+def test_deep_annotations_and_bodies_are_refused_without_recursion(n: int, opener: str) -> None:
+    closer = {"[": "]", '{"a":': "}", '[{"b":': "}]"}[opener]
+    text = opener * n + "1" + closer * n
+    for codec in (GpuPrediction, GpuReservation):
+        try:
+            codec.decode(text)
+        except ValueError as exc:
+            assert str(exc)
+    try:
+        decode_json(text.encode())
+    except WireError as exc:
+        assert "deeper" in str(exc) or "malformed" in str(exc)
+    else:
+        assert n * opener.count("[") + n * opener.count("{") <= MAX_BODY_DEPTH

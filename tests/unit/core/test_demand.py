@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from decimal import Decimal
+
 import pytest
 from support.k8s import model_annotations, pod
 
+from scheduler.core.bounds import ECHO_CHARS, echo
 from scheduler.core.demand import gpu_request, parse_demand
+from scheduler.core.quantity import QuantityRangeError, parse_quantity, parse_whole_quantity
 from scheduler.models.catalog import Catalog
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
@@ -177,3 +182,155 @@ def test_equal_pods_share_a_key_and_different_ones_do_not(catalog: Catalog) -> N
     c = parse_demand(pod("c", annotations=model_annotations(LLAMA_8B, max_num_seqs="8")), catalog)
     assert a.key == b.key
     assert a.key != c.key
+
+
+# Bounded parsing (DESIGN.md, "Hostile input"): numbers within int64 and a digit limit,
+# decided before any big-number work; every quoted value cut short.
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2", Decimal(2)),
+        (" 4 ", Decimal(4)),
+        ("64Gi", Decimal(64 * 2**30)),
+        ("1.5e9", Decimal("1.5e9")),
+        ("500m", Decimal("0.5")),
+        ("1E", Decimal(10**18)),
+        ("+1e+18", Decimal(10**18)),
+        ("7Ei", Decimal(7 * 2**60)),
+        ("9223372036854775807", Decimal(2**63 - 1)),
+        (8, Decimal(8)),
+        (0.5, Decimal("0.5")),
+    ],
+)
+def test_quantities_within_int64_parse_exactly(text: str | int | float, expected: Decimal) -> None:
+    assert parse_quantity(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1e999999",
+        "1e-999999",
+        "9" * 310,
+        "9223372036854775808",
+        "8Ei",
+        "1e19",
+        "1" + "0" * 39 + "e" + "0" * 5000,
+        10**30,
+        1e300,
+        float("inf"),
+    ],
+)
+def test_quantities_beyond_int64_are_out_of_range_at_once(text: str | int | float) -> None:
+    started = time.perf_counter()
+    with pytest.raises(QuantityRangeError):
+        parse_whole_quantity(text)
+    assert time.perf_counter() - started < 0.05
+
+
+@pytest.mark.parametrize("value", [None, [1], {"a": 1}, True, "lots", ".", "1.5.5", "x" * 2**18])
+def test_non_quantities_are_refused_with_a_short_message(value: object) -> None:
+    with pytest.raises(ValueError, match="not a quantity") as caught:
+        parse_quantity(value)
+    assert len(str(caught.value)) < 100
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value"),
+    [
+        ("max_num_seqs", "9" * 310),
+        ("max_num_seqs", "1" + "0" * 18),
+        ("max_model_len", "9" * 19),
+        ("kv_cache_tokens", "1" * 100_000),
+    ],
+)
+def test_integers_beyond_18_digits_are_out_of_range(
+    catalog: Catalog, annotation: str, value: str
+) -> None:
+    demand = parse_demand(
+        pod("p", annotations=model_annotations(LLAMA_8B, **{annotation: value})), catalog
+    )
+    assert demand.error is not None and "out of range" in demand.error
+    assert len(demand.error) < 200
+
+
+def test_eighteen_digit_integers_are_accepted(catalog: Catalog) -> None:
+    demand = parse_demand(
+        pod(
+            "p",
+            annotations=model_annotations("acme/x", weights_bytes="16Gi", max_num_seqs="9" * 18),
+        ),
+        catalog,
+    )
+    assert demand.error is None
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(None, "null"), ([1], "a list"), ({"a": 1}, "an object"), (True, "true")]
+)
+def test_gpu_requests_of_the_wrong_type_name_the_field(
+    catalog: Catalog, value: object, shown: str
+) -> None:
+    p = pod("p", gpus=1)
+    p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = value
+    demand = parse_demand(p, catalog)
+    assert demand.error == (
+        f"container 'vllm': resources.limits.nvidia.com/gpu is {shown}, not a whole number of GPUs"
+    )
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        {"kvsched.io/model": "m" * 2**18},
+        {"kvsched.io/gang": "g" * 400},
+        {"kvsched.io/topology-key": "t" * 400},
+        {"kvsched.io/kv-peer": "p" * 400},
+        model_annotations(LLAMA_8B, model_revision="r" * 400),
+        model_annotations(LLAMA_8B, dtype="d" * 2**18),
+        model_annotations(LLAMA_8B, gpu_memory_utilization="0." + "9" * 2**18),
+        model_annotations(LLAMA_8B, weights_bytes="9" * 2**18),
+        {"kvsched.io/role": "r" * 2**18},
+        {"kvsched.io/" + "k" * 2**10: "v" * 2**18},
+    ],
+)
+def test_long_values_are_quoted_short(catalog: Catalog, annotations: dict[str, str]) -> None:
+    demand = parse_demand(pod("p", annotations=annotations), catalog)
+    assert demand.error is not None
+    assert len(demand.error) < 320, demand.error
+    assert "…" in demand.error
+
+
+def test_long_label_names_a_gang_is_refused(catalog: Catalog) -> None:
+    p = pod("p", labels={"scheduling.x-k8s.io/pod-group": "g" * 1000})
+    demand = parse_demand(p, catalog)
+    assert demand.error is not None and "scheduling.x-k8s.io/pod-group" in demand.error
+
+
+def test_non_string_metadata_is_quoted_short(catalog: Catalog) -> None:
+    p = pod("p")
+    p["metadata"]["namespace"] = ["x"] * 10_000
+    p["metadata"]["annotations"]["kvsched.io/model"] = {"a": [1] * 10_000}
+    demand = parse_demand(p, catalog)
+    assert demand.namespace == "a list"
+    assert demand.error == "metadata.annotations['kvsched.io/model'] is an object, not a string"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("abc", "'abc'"),
+        ("a" * 100, "'" + "a" * 64 + "…"),
+        ("\x00" * 100, repr("\x00" * 100)[:65] + "…"),
+        (10**100, "an integer of about 101 digits"),
+        (-5, "-5"),
+        (None, "null"),
+        (False, "false"),
+        ((1, 2), "a list"),
+    ],
+)
+def test_echo_quotes_at_most_64_characters(value: object, shown: str) -> None:
+    assert echo(value) == shown
+    assert len(echo(value)) <= ECHO_CHARS + 2
