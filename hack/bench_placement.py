@@ -4,6 +4,11 @@ Runs `kvsched simulate`'s reference trace (scheduler.simulate.trace.REFERENCE), 
 table and writes a markdown section (table, exact command, targets met or missed and by how
 much, why, machine notes) for docs/benchmarks.md, plus the PNG plots.
 
+Policies choose nodes; on every node the pod gets the GPUs the NVIDIA device plugin would hand
+out (scheduler.simulate.kubelet: go-gpuallocator's best-effort policy over the free GPUs in
+the kubelet's random order, seeded), under every policy. "TP pods on the best set" is shown
+both ways: by those GPUs (every policy) and, for kvsched, by its prediction.
+
     python hack/bench_placement.py --out-md /tmp/placement.md --plots docs/img
 """
 
@@ -15,6 +20,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,13 +84,40 @@ def _why(results: list[RunResult], metrics: list[Metrics]) -> list[str]:
     return lines
 
 
-def main() -> int:
+def _stale_gang_members(results: list[RunResult]) -> int:
+    """kvsched's gang members whose prediction named a GPU already taken on the node."""
+    return sum(
+        1
+        for r in results
+        if r.policy == "kvsched"
+        for p in r.pods
+        if p.gang is not None
+        and p.predicted_ids is not None
+        and not set(p.predicted_ids) <= set(p.node_free)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-md", metavar="FILE", help="write the markdown section here")
     parser.add_argument("--plots", metavar="DIR", help="write PNG plots here (e.g. docs/img)")
     parser.add_argument("--seed", type=int, default=REFERENCE.seed)
-    args = parser.parse_args()
-    config: TraceConfig = dataclasses.replace(REFERENCE, seed=args.seed)
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=REFERENCE.nodes,
+        help="smaller pools for quick checks (the deployment rate scales with it); the "
+        "recorded result is the reference trace",
+    )
+    parser.add_argument("--duration", type=float, default=REFERENCE.duration_s, metavar="SECONDS")
+    args = parser.parse_args(argv)
+    config: TraceConfig = dataclasses.replace(
+        REFERENCE,
+        seed=args.seed,
+        nodes=args.nodes,
+        duration_s=args.duration,
+        deployment_rate_per_h=REFERENCE.deployment_rate_per_h * args.nodes / REFERENCE.nodes,
+    )
     started = time.perf_counter()
     sim = simulate(config)
     wall = time.perf_counter() - started
@@ -109,14 +142,25 @@ def main() -> int:
         f"{p.kind} {p.share:.0%} (cache {p.cache_bytes / 1e12:.0f} TB)" for p in c.pool
     )
     command = "python hack/bench_placement.py --out-md FILE --plots docs/img"
+    same = f"kvsched simulate --seed {c.seed}"
     if args.seed != REFERENCE.seed:
         command += f" --seed {args.seed}"
+    if args.nodes != REFERENCE.nodes:
+        command += f" --nodes {args.nodes}"
+        same += f" --nodes {args.nodes}"
+    if args.duration != REFERENCE.duration_s:
+        command += f" --duration {args.duration:g}"
+        same += f" --duration {args.duration:g}"
+    reference = args.nodes == REFERENCE.nodes and args.duration == REFERENCE.duration_s
     md = [
-        "## Placement quality (simulator, reference trace)",
+        "## Placement quality (simulator, reference trace)"
+        if reference
+        else "## Placement quality (simulator, a reduced trace: not the recorded reference)",
         "",
-        f"Command: `{command}` (the same as `kvsched simulate --seed {c.seed} --plots DIR`).",
+        f"Command: `{command}` (the same as `{same} --plots DIR`).",
         "",
-        f"Reference trace: seed {c.seed}; {c.nodes} nodes ({pool}); {c.duration_s / 3600:.0f} h; "
+        f"{'Reference trace' if reference else 'Trace'}: seed {c.seed}; {c.nodes} nodes "
+        f"({pool}); {c.duration_s / 3600:.0f} h; "
         f"{c.deployment_rate_per_h:g} new deployments/h, mean lifetime "
         f"{c.mean_lifetime_s / 3600:g} h, scale events every {c.mean_scale_interval_s / 60:g} min "
         f"on average, 1..{c.max_replicas} replicas; Zipf s={c.zipf_s} over "
@@ -130,11 +174,35 @@ def main() -> int:
         "",
         "Columns: READY = estimated time to ready (engine init + weights / bandwidth of the "
         "tier on the chosen node), LOAD = the weight-load part alone; BEST TIER = placements "
-        "that loaded from the fastest tier any fitting node had; BEST SET = pods with 2+ GPUs "
-        "on a set as good as the node's best free set; PARTIAL GANGS = gangs ever partly "
+        "that loaded from the fastest tier any fitting node had; BEST SET (PLUGIN) = pods with "
+        "2+ GPUs whose GPUs, as the NVIDIA device plugin hands them out on the chosen node "
+        "(go-gpuallocator's best-effort policy, exactly ported, over the free GPUs in the "
+        "kubelet's random order, seeded; no policy chooses GPUs), are a set as good as "
+        "`topology.select.best_gpu_set` of the node's free GPUs at that moment; BEST SET "
+        "(PREDICTED) = the same for kvsched's prediction (`kvsched.io/predicted-gpus`, read by "
+        "nothing on the node); PREDICTED = PLUGIN = kvsched's TP pods whose predicted set is "
+        "the one the plugin handed out (the simulated agent reports the kubelet's GPUs to the "
+        "store right after each bind, so the next prediction starts from the truth); "
+        "PARTIAL GANGS = gangs ever partly "
         "placed; WAITED / NEVER = pods not placed on arrival / never placed; FRAG = "
         "time-weighted share of free GPUs on nodes with < 8 free; UTIL = time-weighted GPU "
         "utilisation.",
+        "",
+        "Placements where the device plugin's answer was not a full set, so the kubelet's own "
+        "choice was taken (scheduler/simulate/kubelet.py): "
+        + ", ".join(f"{m.policy} {m.plugin_fallbacks} of {m.placed}" for m in sim.metrics)
+        + ". "
+        + "".join(
+            f"kvsched's prediction = the plugin's set for {m.prediction_hits} of "
+            f"{m.predicted_pods} placed GPU pods, {m.tp_prediction_hits} of {m.tp_predicted} "
+            "with 2+ GPUs (the kubelet's order is random: a single draw caps any predictor "
+            f"below 100%); {m.predictions_on_taken_gpus} predictions named a GPU the kubelet "
+            f"had already given to another pod, {_stale_gang_members(sim.results)} of them "
+            "gang members bound on the GPUs their group's plan reserved before their "
+            "siblings' real GPUs were known."
+            for m in sim.metrics
+            if m.policy == "kvsched"
+        ),
         "",
         "Targets (kvsched vs the stock-like spread policy):",
         "",

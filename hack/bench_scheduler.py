@@ -28,11 +28,20 @@ nodes and the same pods for both profiles:
    Node/NodeInventory/running-pod objects the extender reads: for each bound pod, its demand is
    evaluated on its node with the benchmark pods bound before it holding their GPUs. This
    gives the estimated time to ready (engine init + weight bytes / bandwidth of the tier the
-   weights are in on that node) and the best GPU set available on that node at that moment.
-   The GPUs a pod got: kvsched's `kvsched.io/predicted-gpus`; under the default profile no one
-   chooses, and the set is taken as the lowest free indices (what the NVIDIA device plugin
-   hands out without a preferred-allocation policy; its best-effort policy would do better,
-   so the default's GPU-set column is a lower bound for a pool running that policy).
+   weights are in on that node). Neither profile chooses GPUs: there is no kubelet here, so
+   the replay plays the node's part. Under both profiles a pod gets what the NVIDIA device
+   plugin would hand out on the node the scheduler chose
+   (scheduler.simulate.kubelet.kubelet_allocation: go-gpuallocator's best-effort policy,
+   exactly ported, over that node's free GPUs in the kubelet's random order, drawn from a
+   generator seeded with --seed and the pod's name); those GPUs are what later pods find
+   taken. "TP pods on the best set" is graded two ways: by the device plugin's GPUs (both
+   profiles: what the pod would run on) and, for kvsched, by its `kvsched.io/predicted-gpus`
+   (a prediction nothing on a node reads). "Best" = as good as
+   topology.select.best_gpu_set over the free GPUs at that moment: for the plugin's GPUs the
+   node's real free GPUs; for the prediction the free GPUs as the extender saw them (its
+   earlier predictions taken: no agent reports the kubelet's truth in this benchmark, so its
+   view drifts from the replayed node wherever a prediction missed). The prediction hit rate
+   is how often the predicted set is the plugin's.
    Residency is the inventories' state at setup: the benchmark pods' own loads are not added
    to the caches while replaying (no controller runs), for both profiles alike.
 
@@ -92,8 +101,10 @@ from scheduler.core.placement import evaluate  # noqa: E402
 from scheduler.demo.cluster import KINDS, inventory_object, llm_pod, node_object  # noqa: E402
 from scheduler.demo.synthetic import synthetic_cluster  # noqa: E402
 from scheduler.models.catalog import Catalog  # noqa: E402
+from scheduler.simulate.kubelet import kubelet_allocation  # noqa: E402
 from scheduler.state.objects import node_state, pod_record  # noqa: E402
-from topology.select import score_gpu_set  # noqa: E402
+from topology.model import NodeTopology  # noqa: E402
+from topology.select import best_gpu_set, score_gpu_set  # noqa: E402
 
 TARGET_RATIO = 0.5
 NAMESPACE = "bench"
@@ -679,24 +690,46 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
+def as_good_as_best(topology: NodeTopology, free: frozenset[int], gpus: Sequence[int]) -> bool:
+    """Whether `gpus` is as good as topology.select.best_gpu_set of its size among `free`."""
+    best = best_gpu_set(topology.layout, free, len(gpus))
+    chosen = score_gpu_set(topology.layout, gpus)
+    return best is None or chosen.quality >= best.quality - 1e-12
+
+
+def share_text(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f} % ({part}/{whole})" if whole else "-"
+
+
 def replay(
     result: PhaseResult,
     pods: Mapping[str, dict[str, Any]],
     initial: Mapping[str, NodeState],
     catalog: Catalog,
+    seed: int,
 ) -> dict[str, Any]:
+    """Replay the phase's binds in bind order (module docstring, item 5).
+
+    `states` is the nodes' truth: each pod takes the GPUs the device plugin would hand out
+    (kubelet_allocation, its random order seeded with `seed` and the pod's name). For kvsched,
+    `seen` is the extender's own view (its predictions taken, never corrected here), on which
+    its prediction is graded.
+    """
     states = dict(initial)
+    seen = dict(initial)
     ready: list[float] = []
     load: list[float] = []
     per_pod: dict[str, tuple[float, float]] = {}
     tiers: Counter[str] = Counter()
     tp_total = tp_best = 0
+    tp_predicted = tp_predicted_best = tp_hits = 0
+    predicted_pods = hits = fallbacks = 0
     misfit = conflicts = 0
     # Bind order from the watch; pods bound but missed by it (none expected) go last.
     order = [n for n in result.order if n in result.final]
-    seen = set(order)
+    done = set(order)
     order += sorted(
-        n for n, p in result.final.items() if p["spec"].get("nodeName") and n not in seen
+        n for n, p in result.final.items() if p["spec"].get("nodeName") and n not in done
     )
     for name in order:
         node = result.final[name]["spec"].get("nodeName")
@@ -705,14 +738,6 @@ def replay(
         state = states[node]
         demand: PodDemand = parse_demand(pods[name], catalog)
         verdict = evaluate(demand, state)
-        free = sorted(state.free_gpus)
-        if result.profile == "kvsched":
-            raw = (result.final[name]["metadata"].get("annotations") or {}).get(A_PREDICTED_GPUS)
-            chosen = tuple(GpuPrediction.decode(raw).indices) if raw else tuple(free[: demand.gpus])
-        else:
-            chosen = tuple(free[: demand.gpus])  # device plugin: lowest free indices
-        if not set(chosen) <= state.free_gpus or len(chosen) != demand.gpus:
-            conflicts += 1
         if verdict.fits and verdict.cold_start is not None:
             ready.append(verdict.cold_start.ready_seconds)
             load.append(verdict.cold_start.load_seconds)
@@ -720,12 +745,42 @@ def replay(
             tiers[verdict.cold_start.tier.label] += 1
         elif not verdict.fits:
             misfit += 1
-        if demand.gpus > 1 and verdict.gpu_set is not None and state.topology is not None:
+        topology = state.topology
+        if demand.gpus <= 0 or topology is None:
+            continue
+        predicted: tuple[int, ...] | None = None
+        if result.profile != "default":
+            raw = (result.final[name]["metadata"].get("annotations") or {}).get(A_PREDICTED_GPUS)
+            prediction = GpuPrediction.decode(raw) if raw else None
+            if prediction is not None and prediction.node == node:
+                predicted = tuple(prediction.indices)
+            view = seen[node]
+            if predicted is None or len(predicted) != demand.gpus:
+                conflicts += 1  # kvsched bound without a usable prediction
+            elif not set(predicted) <= view.free_gpus:
+                conflicts += 1  # its prediction holds a GPU it had predicted for another pod
+            else:
+                if demand.gpus > 1:
+                    tp_predicted += 1
+                    tp_predicted_best += as_good_as_best(topology, view.free_gpus, predicted)
+                seen[node] = replace(view, free_gpus=view.free_gpus - set(predicted))
+        if len(state.free_gpus) < demand.gpus:
+            conflicts += 1  # bound where the node has too few GPUs left: should not happen
+            continue
+        got = kubelet_allocation(
+            topology, state.free_gpus, demand.gpus, random.Random(f"{seed}:{name}")
+        )
+        fallbacks += got.fell_back
+        if predicted is not None:
+            predicted_pods += 1
+            hit = tuple(sorted(predicted)) == got.gpus
+            hits += hit
+            if demand.gpus > 1:
+                tp_hits += hit
+        if demand.gpus > 1:
             tp_total += 1
-            got = score_gpu_set(state.topology.layout, chosen)
-            if got.quality >= verdict.gpu_set.quality - 1e-12:
-                tp_best += 1
-        states[node] = replace(state, free_gpus=state.free_gpus - set(chosen))
+            tp_best += as_good_as_best(topology, state.free_gpus, got.gpus)
+        states[node] = replace(state, free_gpus=state.free_gpus - set(got.gpus))
     return {
         "ready mean": statistics.fmean(ready) if ready else float("nan"),
         "ready p95": percentile(ready, 95),
@@ -733,6 +788,12 @@ def replay(
         "tiers": dict(tiers),
         "tp best": tp_best,
         "tp total": tp_total,
+        "tp predicted": tp_predicted,
+        "tp predicted best": tp_predicted_best,
+        "tp hits": tp_hits,
+        "predicted pods": predicted_pods,
+        "hits": hits,
+        "plugin fallbacks": fallbacks,
         "misfit": misfit,
         "conflicts": conflicts,
         "per pod": per_pod,
@@ -867,20 +928,24 @@ def report(
         "",
         "| profile | bound / pods | pending | create s | first bind s | last bind s | "
         f"pods/s (drain) | pods/s (from {default.origin}) | mean ready s | p95 ready s | "
-        "mean weight load s | weights from (gpu/host/disk/net) | TP>1 on best GPU set | "
+        "mean weight load s | weights from (gpu/host/disk/net) | "
+        "TP>1 on best set (device plugin's GPUs) | TP>1 on best set (kvsched's prediction) | "
+        "prediction = plugin's set (TP>1) | prediction = plugin's set (all) | "
         "placed where it does not fit | GPU conflicts | FailedScheduling events | phase wall s |",
-        "|" + "---|" * 17,
+        "|" + "---|" * 20,
     ]
     for r in results:
         p = r.placement
         t = p["tiers"]
         tiers = "/".join(str(t.get(k, 0)) for k in ("gpu", "host-memory", "local-disk", "network"))
-        share = 100 * p["tp best"] / p["tp total"] if p["tp total"] else float("nan")
         lines.append(
             f"| {r.profile} | {r.bound} / {r.pods} | {r.pending} | {r.create_s:.1f} | "
             f"{fmt(r.first_bind_s)} | {fmt(r.last_bind_s)} | {fmt(r.drain_rate)} | "
             f"{fmt(r.rate_from_origin)} | {fmt(p['ready mean'])} | {fmt(p['ready p95'])} | "
-            f"{fmt(p['load mean'])} | {tiers} | {fmt(share)} % ({p['tp best']}/{p['tp total']}) "
+            f"{fmt(p['load mean'])} | {tiers} | {share_text(p['tp best'], p['tp total'])} | "
+            f"{share_text(p['tp predicted best'], p['tp predicted'])} | "
+            f"{share_text(p['tp hits'], p['tp predicted'])} | "
+            f"{share_text(p['hits'], p['predicted pods'])} "
             f"| {p['misfit']} | {p['conflicts']} | {r.failed_events} | {r.wall_s:.0f} |"
         )
     common = sorted(set(default.placement["per pod"]) & set(kv.placement["per pod"]))
@@ -967,14 +1032,26 @@ def report(
         "built from the same Node, NodeInventory and running-pod objects, with the pods bound "
         "before holding their GPUs. Ready = engine init 30 s + weight bytes / bandwidth of the "
         "best tier holding the weights on that node (network when none); residency as at setup "
-        "(the benchmark pods' own loads are not added). GPUs taken: kvsched's "
-        "`kvsched.io/predicted-gpus`; default profile: the lowest free indices (the NVIDIA "
-        "device plugin without a preferred-allocation policy; with its best-effort policy the "
-        "default's GPU-set share would be higher). 'Best GPU set' = the best set of the node's "
-        "free GPUs at that moment (same quality counts). 'Placed where it does not fit' = "
-        "bound to a node whose GPUs cannot hold weights + KV budget (the engine would fail to "
-        "load); those pods are left out of the ready times. 'GPU conflicts' = a chosen GPU "
-        "already held in the replay (should be 0).",
+        "(the benchmark pods' own loads are not added). Neither profile chooses GPUs, and "
+        "no kubelet runs here, so the replay plays the node's part: under both profiles each "
+        "pod takes the GPUs the NVIDIA device plugin would hand out on the node the scheduler "
+        "chose (go-gpuallocator's best-effort policy, exactly ported and checked against the "
+        "Go module, over that node's free GPUs in the kubelet's random order, seeded; "
+        "`scheduler/simulate/kubelet.py`), and later pods find those GPUs taken. 'TP>1 on "
+        "best set' = pods with 2+ GPUs on a set as good as `topology.select.best_gpu_set` of "
+        "the free GPUs at that moment (same quality counts), graded two ways: by the device "
+        "plugin's GPUs (both profiles; what the pod runs on) and, for kvsched, by its "
+        "`kvsched.io/predicted-gpus` annotation, a prediction nothing on the node reads, "
+        "graded on the free GPUs as the extender saw them (no agent reports the kubelet's "
+        "truth in this benchmark, so after a missed prediction the extender's view of that "
+        "node drifts from the replayed node). 'prediction = plugin's set' = the predicted set "
+        f"is the one the plugin handed out (device plugin fallbacks: "
+        f"{sum(r.placement.get('plugin fallbacks', 0) for r in results)}, where its answer "
+        "was not a full set and the kubelet's own choice was taken). 'Placed where it does not "
+        "fit' = bound to a node whose GPUs cannot hold weights + KV budget (the engine would "
+        "fail to load); those pods are left out of the ready times. 'GPU conflicts' = a pod "
+        "bound where the replayed node had too few free GPUs, or a kvsched prediction naming "
+        "a GPU the extender had already predicted for another pod (should be 0).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -1100,7 +1177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             extender.stop()
             extender = None
         for result in (default, kv):
-            result.placement = replay(result, by_name, initial, catalog)
+            result.placement = replay(result, by_name, initial, catalog, args.seed)
         text = report(
             args, (default, kv), setup, machine, plane.bin_dir, time.monotonic() - wall0, quiet
         )

@@ -4,14 +4,35 @@ The simulated cluster is a :class:`~scheduler.state.store.ClusterStore` in offli
 ``InMemoryBinder``, a simulated clock), fed what the watches would feed the extender:
 
 * the pool's Node objects once;
-* each pod when it arrives (pending, no node), and bound and ``Running`` once placed, with
-  its ``kvsched.io/predicted-gpus`` as the bind wrote it; deleted when its replica departs;
-* one NodeInventory per node whose ``status.modelCache`` is what the inventory controller
-  would write: the controller's own :class:`~scheduler.controller.residency.ResidencyTracker`
-  fed the same pod events at simulated times, read with ``learned()`` (GPU-resident while a
-  pod of the model runs there, host page cache for ``host_memory_ttl_s`` after the last one
-  stopped, then local disk; least recently used models evicted beyond the node's cache
-  capacity, the ``kvsched.io/model-cache-bytes`` label).
+* each pod when it arrives (pending, no node), and bound and ``Running`` once placed;
+  deleted when its replica departs. A pod kvsched bound carries its
+  ``kvsched.io/predicted-gpus`` as the bind wrote it; a baseline's pod carries nothing (no
+  stock component writes GPU indices on a pod);
+* one NodeInventory per node, as the inventory controller writes it when the node agent
+  reports (``source: agent``):
+
+  - ``allocated`` with ``allocatedSource: kubelet`` and ``allocatableGpus``: the GPUs each
+    pod on the node really holds, as the agent reads them from the kubelet's PodResources
+    API. This is how the real extender learns the node's truth, and the only way it does:
+    it counts a listed pod's GPUs from this list, whatever the pod's prediction said
+    (``scheduler.state.objects.node_state_from``). The simulator publishes the list right
+    after each bind and each deletion, i.e. an agent with no delay, so between two
+    placements the store never runs on a stale prediction (a real agent reports every
+    ``--interval``, 60 s; meanwhile the extender counts the prediction);
+  - ``status.modelCache``: what the controller would learn, its own
+    :class:`~scheduler.controller.residency.ResidencyTracker` fed the same pod events at
+    simulated times, read with ``learned()`` (GPU-resident while a pod of the model runs
+    there, host page cache for ``host_memory_ttl_s`` after the last one stopped, then local
+    disk; least recently used models evicted beyond the node's cache capacity, the
+    ``kvsched.io/model-cache-bytes`` label).
+
+**Who decides the GPUs.** A policy decides the node only. Every placed pod, under every
+policy, gets the GPUs the node's kubelet and NVIDIA device plugin would hand out there
+(:func:`scheduler.simulate.kubelet.kubelet_allocation`: go-gpuallocator's best-effort policy,
+exactly ported, over the node's free GPUs in a random order drawn from a generator seeded
+with the trace seed and the policy's name, so runs are reproducible). kvsched still binds
+through the store and its prediction goes on the pod, but what the pod holds afterwards is
+the plugin's set.
 
 Every policy gets its own store and tracker, so the caches evolve with that policy's own
 placements. A replica that cannot be placed (entirely, for kvsched's gangs; pod by pod for the
@@ -19,9 +40,12 @@ baselines) stays pending and is tried again after every later event that freed G
 else can make a pod fit), until it is placed or its replica departs.
 
 Per placed pod the simulator records the core's cold-start estimate (engine init + weights /
-bandwidth of the tier the weights were in on that node just before the pod started), whether
-the chosen GPU set is as good as the best set among that node's free GPUs at that moment
-(:func:`topology.select.best_gpu_set`), and how long the pod waited.
+bandwidth of the tier the weights were in on that node just before the pod started), how long
+the pod waited, the GPUs the device plugin handed out and, for kvsched, the predicted ones.
+"Best set": a pod with 2+ GPUs whose set is as good (quality within ``QUALITY_EPS``) as
+:func:`topology.select.best_gpu_set` over the node's free GPUs at that moment (the kubelet's
+truth, before the pod); graded for the plugin's GPUs (every policy) and for kvsched's
+prediction.
 """
 
 from __future__ import annotations
@@ -39,8 +63,10 @@ from scheduler.core.demand import A_PREDICTED_GPUS, PodDemand
 from scheduler.core.node import NodeState, Tier
 from scheduler.core.placement import DEFAULT_SCORING, ScoringConfig, evaluate
 from scheduler.models.catalog import Catalog
-from scheduler.simulate.trace import Event, PodSpec, SimNode, Trace
+from scheduler.simulate.kubelet import kubelet_allocation
+from scheduler.simulate.trace import NAMESPACE, Event, PodSpec, SimNode, Trace
 from scheduler.state.store import ClusterStore, InMemoryBinder
+from topology.model import NodeTopology
 from topology.select import best_gpu_set, score_gpu_set
 
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -61,14 +87,28 @@ class PodOutcome:
     placed: float | None = None
     departed: float | None = None
     node: str | None = None
-    gpu_ids: tuple[int, ...] = ()
+    gpu_ids: tuple[int, ...] = ()  # what the device plugin handed out (the node's truth)
+    node_free: tuple[int, ...] = ()  # the node's free GPUs just before (the plugin's input)
+    predicted_ids: tuple[int, ...] | None = None  # kvsched's prediction (None: no prediction)
+    plugin_fell_back: bool = False  # the plugin's answer was not a full set (kubelet module)
     ready_s: float | None = None
     load_s: float | None = None
     tier: str | None = None
-    best_set: bool | None = None  # None for single-GPU pods (every lone GPU is alike)
+    # Whether the plugin's GPUs are as good as the node's best free set (None for single-GPU
+    # pods: every lone GPU is alike).
+    best_set: bool | None = None
+    predicted_best_set: bool | None = None  # the same for kvsched's prediction
     best_tier: str | None = None  # the fastest tier on any node where the pod fit then
     # Nodes holding the pod's model (any tier) when it was placed, fitting or not.
     holders: int = 0
+
+    @property
+    def prediction_hit(self) -> bool | None:
+        """Whether kvsched's prediction is the set the device plugin handed out (None when
+        there is no prediction)."""
+        if self.predicted_ids is None:
+            return None
+        return tuple(sorted(self.predicted_ids)) == self.gpu_ids
 
     def pending_s(self, end: float) -> float:
         """How long the pod waited to be placed (until placement, departure or `end`)."""
@@ -166,6 +206,9 @@ class SimCluster:
         self.now = 0.0
         # kube-scheduler picks at random among equally scored nodes; seeded per policy.
         self.rng = random.Random(f"{trace.config.seed}:{policy_name}")
+        # The kubelet's random order of free GPUs: a generator of its own, so the device
+        # plugin's draws do not shift the node choices (and the other way round).
+        self.kubelet_rng = random.Random(f"{trace.config.seed}:{policy_name}:kubelet")
         self.store = ClusterStore(
             catalog, scoring, binder=InMemoryBinder(), clock=self.clock, gang_ttl_s=300.0
         )
@@ -173,6 +216,8 @@ class SimCluster:
         self.nodes: dict[str, SimNode] = {n.name: n for n in trace.nodes}
         self.node_names = [n.name for n in trace.nodes]
         self.used: dict[str, int] = dict.fromkeys(self.node_names, 0)
+        # The node's truth: GPU index -> the pod (namespace/name) the kubelet gave it to.
+        self.held: dict[str, dict[int, str]] = {name: {} for name in self.node_names}
         self._expiry: dict[str, float] = {}
         self.outcomes: dict[str, PodOutcome] = {}
         self._pod_objects: dict[str, dict[str, Any]] = {}
@@ -224,8 +269,9 @@ class SimCluster:
             self.refresh(node)
 
     def refresh(self, node: str) -> None:
-        """Publish the tracker's picture of `node` as its NodeInventory (model cache only:
-        the topology comes from the node's GFD labels, allocations from the pods)."""
+        """Publish `node`'s NodeInventory: the kubelet's allocations as the agent reports
+        them (module docstring) and the tracker's model cache (the topology comes from the
+        node's GFD labels)."""
         capacity = self.nodes[node].cache_bytes
         models, _ = self.tracker.learned(node, self.clock(), capacity)
         ttl = self.tracker.settings.host_memory_ttl_s
@@ -238,13 +284,17 @@ class SimCluster:
             self._expiry[node] = min(expiries)
         else:
             self._expiry.pop(node, None)
+        held = self.held[node]
         self.store.upsert_inventory(
             {
                 "apiVersion": "kvsched.io/v1alpha1",
                 "kind": "NodeInventory",
                 "metadata": {"name": node},
                 "status": {
-                    "source": "controller",
+                    "source": "agent",
+                    "allocated": [{"index": i, "pod": held[i]} for i in sorted(held)],
+                    "allocatedSource": "kubelet",
+                    "allocatableGpus": list(range(GPUS_PER_NODE)),
                     "modelCache": {
                         "capacityBytes": capacity,
                         "models": [m.to_dict() for m in models],
@@ -268,16 +318,29 @@ class SimCluster:
     def pod_object(self, pod: PodSpec) -> dict[str, Any]:
         return self._pod_objects[pod.name]
 
-    def commit(self, pod: PodSpec, demand: PodDemand, node: str, gpus: Sequence[int]) -> None:
-        """Record that `pod` runs on `node` with GPUs `gpus` (the bind happened)."""
+    def free_gpus(self, node: str) -> frozenset[int]:
+        """The node's GPUs the kubelet has not given to any pod (its truth)."""
+        return frozenset(range(GPUS_PER_NODE)).difference(self.held[node])
+
+    def commit(
+        self,
+        pod: PodSpec,
+        demand: PodDemand,
+        node: str,
+        predicted: Sequence[int] | None = None,
+    ) -> None:
+        """Record that `pod` was bound to `node` (kvsched: with its `predicted` GPUs, already
+        taken in the store by the bind) and started there with the GPUs the device plugin
+        hands out (module docstring)."""
         state = self.node_state(node)
-        busy = set(gpus) - state.usable_free_gpus
+        topology = state.topology
+        assert topology is not None, node
+        free_before = self.free_gpus(node)
+        if len(free_before) < demand.gpus:
+            raise AssertionError(
+                f"{pod.name}: {demand.gpus} GPUs asked on {node}, {len(free_before)} free"
+            )
         outcome = self.outcomes[pod.name]
-        # A kvsched bind has already taken the GPUs in the store (assumed pod): they are the
-        # pod's own; anything else busy is a policy bug.
-        record = self.store.pod(pod.uid)
-        if busy and (record is None or record.node != node):
-            raise AssertionError(f"{pod.name}: GPUs {sorted(busy)} on {node} are not free")
         cold = _cold_start(demand, state, self.scoring)
         outcome.best_tier = self._best_tier(demand, node)
         if demand.model is not None:
@@ -286,19 +349,27 @@ class SimCluster:
                 for name in self.node_names
                 if self.node_state(name).residency(demand.model, demand.revision) is not None
             )
-        bound = _bound_object(self._pod_objects[pod.name], node, tuple(gpus))
+        gpus: tuple[int, ...] = ()
+        if demand.gpus > 0:
+            got = kubelet_allocation(topology, free_before, demand.gpus, self.kubelet_rng)
+            gpus, outcome.plugin_fell_back = got.gpus, got.fell_back
+        ref = f"{NAMESPACE}/{pod.name}"
+        for index in gpus:
+            self.held[node][index] = ref
+        prediction = tuple(predicted) if predicted is not None else None
+        bound = _bound_object(self._pod_objects[pod.name], node, prediction or ())
         self.store.upsert_pod(bound)
-        after = self.node_state(node)
-        free_before = after.usable_free_gpus | frozenset(gpus)
         outcome.placed = self.now
         outcome.node = node
-        outcome.gpu_ids = tuple(sorted(gpus))
+        outcome.gpu_ids = gpus
+        outcome.node_free = tuple(sorted(free_before))
+        outcome.predicted_ids = prediction
         if cold is not None:
             outcome.ready_s, outcome.load_s, outcome.tier = cold
-        if len(gpus) > 1 and after.topology is not None:
-            best = best_gpu_set(after.topology.layout, free_before, len(gpus))
-            chosen = score_gpu_set(after.topology.layout, gpus)
-            outcome.best_set = best is None or chosen.quality >= best.quality - QUALITY_EPS
+        if len(gpus) > 1:
+            outcome.best_set = _as_good_as_best(topology, free_before, gpus)
+            if prediction is not None:
+                outcome.predicted_best_set = _as_good_as_best(topology, free_before, prediction)
         self.used[node] += len(gpus)
         self.tracker.observe_pod(bound, self.clock())
         self.refresh(node)
@@ -323,6 +394,9 @@ class SimCluster:
         self._pod_objects.pop(pod.name, None)
         if outcome.node is not None:
             self.used[outcome.node] -= outcome.gpus
+            held = self.held[outcome.node]
+            for index in outcome.gpu_ids:
+                held.pop(index, None)
             self.tracker.forget_pod(pod.uid, self.clock())
             self.refresh(outcome.node)
 
@@ -334,6 +408,13 @@ class SimCluster:
             sum(free),
             sum(f for f in free if f < GPUS_PER_NODE),
         )
+
+
+def _as_good_as_best(topology: NodeTopology, free: frozenset[int], gpus: Sequence[int]) -> bool:
+    """Whether `gpus` is as good as the best set of its size among `free` (within eps)."""
+    best = best_gpu_set(topology.layout, free, len(gpus))
+    chosen = score_gpu_set(topology.layout, gpus)
+    return best is None or chosen.quality >= best.quality - QUALITY_EPS
 
 
 def _cold_start(
@@ -353,7 +434,8 @@ def _cold_start(
 
 
 def _bound_object(pod: Mapping[str, Any], node: str, gpus: tuple[int, ...]) -> dict[str, Any]:
-    """The pod as the watch shows it after the bind: on `node`, GPUs recorded, Running."""
+    """The pod as the watch shows it after the bind: on `node`, Running, with kvsched's
+    prediction when there is one (`gpus`; a baseline's pod carries none)."""
     meta = dict(pod["metadata"])
     annotations = dict(meta.get("annotations") or {})
     if gpus:

@@ -5,8 +5,15 @@
   (nearest rank); weight-load time is the same without engine init (DESIGN.md's target);
 * best tier: share of placed pods whose weights came from the fastest tier that any node
   where the pod fitted at that moment held them in;
-* best GPU set: share of pods with 2+ GPUs whose set is as good as the best set of that size
-  among the node's free GPUs at that moment;
+* best GPU set ("TP pods on the best set"): share of pods with 2+ GPUs whose set is as good
+  (quality within eps) as :func:`topology.select.best_gpu_set` of that size among the node's
+  free GPUs at that moment. Graded two ways: (a) by the GPUs the device plugin handed out,
+  for every policy (the headline: it is what the pod runs on); (b) for kvsched also by its
+  prediction (``kvsched.io/predicted-gpus``), which no component on the node reads;
+* prediction hits (kvsched): placed pods whose predicted set is the set the device plugin
+  handed out, over pods with 2+ GPUs and over all GPU pods; predictions naming a GPU the
+  kubelet had already given to another pod; plugin fallbacks: placements where the plugin's
+  answer was not a full set and the kubelet chose (scheduler.simulate.kubelet);
 * partial gangs: gangs that at some moment had some but not all members holding GPUs, and the
   GPU-seconds such members held;
 * pending: pods that were not placed on arrival, pods never placed (departed while pending or
@@ -38,7 +45,16 @@ class Metrics:
     tiers: dict[str, int]
     best_tier: int  # placed pods whose weights came from the fastest tier any fitting node had
     tp_pods: int
-    tp_best_set: int
+    tp_best_set: int  # by the GPUs the device plugin handed out
+    tp_predicted: int  # TP pods with a prediction (kvsched's)
+    tp_predicted_best_set: int  # ... whose prediction is as good as the best set
+    tp_prediction_hits: int  # ... whose prediction is the plugin's set
+    predicted_pods: int  # placed GPU pods with a prediction
+    prediction_hits: int
+    # ... whose prediction names a GPU the kubelet had already given to another pod (e.g. a
+    # gang member bound on its reservation, planned before its siblings got their GPUs)
+    predictions_on_taken_gpus: int
+    plugin_fallbacks: int
     gangs: int
     partial_gangs: int
     partial_gang_gpu_s: float
@@ -53,11 +69,30 @@ class Metrics:
 
     @property
     def best_set_share(self) -> float:
+        """TP pods on the best set, by the GPUs the device plugin handed out."""
         return self.tp_best_set / self.tp_pods if self.tp_pods else 1.0
+
+    @property
+    def predicted_best_set_share(self) -> float | None:
+        """TP pods on the best set by kvsched's prediction; None without predictions."""
+        if not self.tp_predicted:
+            return None
+        return self.tp_predicted_best_set / self.tp_predicted
+
+    @property
+    def tp_prediction_hit_rate(self) -> float | None:
+        return self.tp_prediction_hits / self.tp_predicted if self.tp_predicted else None
+
+    @property
+    def prediction_hit_rate(self) -> float | None:
+        return self.prediction_hits / self.predicted_pods if self.predicted_pods else None
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["best_set_share"] = self.best_set_share
+        out["predicted_best_set_share"] = self.predicted_best_set_share
+        out["tp_prediction_hit_rate"] = self.tp_prediction_hit_rate
+        out["prediction_hit_rate"] = self.prediction_hit_rate
         return out
 
 
@@ -105,6 +140,8 @@ def compute(result: RunResult) -> Metrics:
         if p.tier is not None:
             tiers[p.tier] = tiers.get(p.tier, 0) + 1
     tp = [p for p in placed if p.best_set is not None]
+    tp_predicted = [p for p in tp if p.predicted_ids is not None]
+    predicted = [p for p in placed if p.predicted_ids is not None and p.gpu_ids]
     waits = [p.pending_s(end) for p in result.pods]
     waited = [w for w in waits if w > 0]
     return Metrics(
@@ -119,6 +156,15 @@ def compute(result: RunResult) -> Metrics:
         best_tier=sum(1 for p in placed if p.tier is not None and p.tier == p.best_tier),
         tp_pods=len(tp),
         tp_best_set=sum(1 for p in tp if p.best_set),
+        tp_predicted=len(tp_predicted),
+        tp_predicted_best_set=sum(1 for p in tp_predicted if p.predicted_best_set),
+        tp_prediction_hits=sum(1 for p in tp_predicted if p.prediction_hit),
+        predicted_pods=len(predicted),
+        prediction_hits=sum(1 for p in predicted if p.prediction_hit),
+        predictions_on_taken_gpus=sum(
+            1 for p in predicted if not set(p.predicted_ids or ()) <= set(p.node_free)
+        ),
+        plugin_fallbacks=sum(1 for p in placed if p.plugin_fell_back),
         gangs=len(result.gangs),
         partial_gangs=sum(1 for s in result.gangs.values() if s.ever_partial),
         partial_gang_gpu_s=sum(s.partial_gpu_s for s in result.gangs.values()),
@@ -142,7 +188,9 @@ HEADERS = (
     "READY P95",
     "LOAD MEAN",
     "BEST TIER",
-    "BEST SET",
+    "BEST SET (PLUGIN)",
+    "BEST SET (PREDICTED)",
+    "PREDICTED = PLUGIN",
     "PARTIAL GANGS",
     "WAITED",
     "NEVER",
@@ -168,6 +216,8 @@ def table_rows(metrics: Sequence[Metrics]) -> list[list[str]]:
                 f"{m.mean_load_s:.1f}s",
                 f"{100 * m.best_tier / m.placed if m.placed else 100:.0f}%",
                 f"{100 * m.best_set_share:.1f}% ({m.tp_best_set}/{m.tp_pods})",
+                _share(m.tp_predicted_best_set, m.tp_predicted),
+                _share(m.tp_prediction_hits, m.tp_predicted),
                 f"{m.partial_gangs}/{m.gangs}",
                 str(m.waited),
                 str(m.never_placed),
@@ -178,6 +228,11 @@ def table_rows(metrics: Sequence[Metrics]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _share(part: int, whole: int) -> str:
+    """ "x% (part/whole)", or "-" when there is nothing to count (no predictions)."""
+    return f"{100 * part / whole:.1f}% ({part}/{whole})" if whole else "-"
 
 
 def format_table(metrics: Sequence[Metrics]) -> str:
@@ -226,11 +281,24 @@ def targets(metrics: Sequence[Metrics], stock: str = "spread") -> list[Target]:
                     + ("" if ratio >= 3.0 else f" ({3.0 - ratio:.2f}x short)"),
                 )
             )
+    predicted = (
+        f"; by kvsched's prediction {_share(kv.tp_predicted_best_set, kv.tp_predicted)}, "
+        f"prediction = plugin's set {_share(kv.tp_prediction_hits, kv.tp_predicted)}"
+        if kv.tp_predicted
+        else ""
+    )
+    stock_share = (
+        f"; {stock}: {100 * base.best_set_share:.1f}% ({base.tp_best_set}/{base.tp_pods})"
+        if base is not None
+        else ""
+    )
     found.append(
         Target(
-            "100% of TP pods on the best available GPU set",
+            "100% of TP pods on the best available GPU set, by the GPUs the device plugin "
+            "hands out",
             kv.tp_best_set == kv.tp_pods,
-            f"{100 * kv.best_set_share:.1f}% ({kv.tp_best_set}/{kv.tp_pods})",
+            f"{100 * kv.best_set_share:.1f}% ({kv.tp_best_set}/{kv.tp_pods}){predicted}"
+            f"{stock_share}",
         )
     )
     found.append(

@@ -3,7 +3,10 @@
 * ``time_to_ready.png``: mean and p95 estimated time to ready per policy (bars);
 * ``time_to_ready_cdf.png``: the CDF of time to ready over placed pods, one line per policy;
 * ``fragmentation.png``: share of free GPUs stranded on nodes with fewer than 8 free, over
-  time, one line per policy.
+  time, one line per policy;
+* ``best_gpu_set.png``: share of TP pods (2+ GPUs) on the best available GPU set per policy,
+  by the GPUs the device plugin handed out and, where there is one (kvsched), by the
+  prediction (bars).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from scheduler.simulate.metrics import Metrics
 def write_plots(
     results: Sequence[RunResult], metrics: Sequence[Metrics], folder: Path
 ) -> list[Path]:
-    """Write the three PNGs into `folder` (created if needed); returns their paths."""
+    """Write the four PNGs into `folder` (created if needed); returns their paths."""
     try:
         import matplotlib
     except ImportError as exc:  # pragma: no cover - matplotlib is in the dev extra
@@ -29,9 +32,9 @@ def write_plots(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def finish(fig: Any, ax: Any, title: str, path: Path) -> Path:
+    def finish(fig: Any, ax: Any, title: str, path: Path, **legend: Any) -> Path:
         ax.set_title(title)
-        ax.legend()
+        ax.legend(**legend)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -76,4 +79,24 @@ def write_plots(
     ax.set_ylabel("free GPUs unusable by an 8-GPU pod")
     ax.set_ylim(0, 1.05)
     paths.append(finish(fig, ax, "GPU fragmentation over time", folder / "fragmentation.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    plugin = [100 * m.best_set_share for m in metrics]
+    ax.bar([p - width / 2 for p in positions], plugin, width, label="device plugin's GPUs")
+    predicted = [(p, m.predicted_best_set_share) for p, m in zip(positions, metrics, strict=True)]
+    shown = [(p, 100 * share) for p, share in predicted if share is not None]
+    if shown:
+        ax.bar(
+            [p + width / 2 for p, _ in shown],
+            [share for _, share in shown],
+            width,
+            label="kvsched's prediction",
+        )
+    ax.set_xticks(positions, names)
+    ax.set_ylim(0, 125)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_ylabel("TP pods on the best GPU set (%)")
+    title = "TP pods on the best available GPU set"
+    path = folder / "best_gpu_set.png"
+    paths.append(finish(fig, ax, title, path, loc="upper center", ncol=2))
     return paths

@@ -2,23 +2,27 @@
 
 Every policy sees the same cluster state (the simulated ClusterStore) and never places what
 cannot run: the baselines use the core's own fit check (``ClusterStore.evaluations``: GPU
-count, weights + KV in GPU memory), only their node ordering and GPU choice differ.
+count, weights + KV in GPU memory), only their node ordering differs. No policy chooses GPUs:
+on the chosen node every pod gets what the NVIDIA device plugin hands out (go-gpuallocator's
+best-effort policy over the free GPUs in the kubelet's random order; see
+:mod:`scheduler.simulate.kubelet` and :meth:`SimCluster.commit`).
 
 * ``kvsched``: the extender's path, verbatim: ``ClusterStore.filter`` (for gang members the
   store's gang path: the first member plans the whole group, the others pass only on their
-  planned node), ``prioritize_scores``, then ``bind`` (which chooses the GPU set). The node
-  kube-scheduler picks is the highest total score: the extender's 0..10 x weight 20 x 10 (the
-  shipped scheduler configuration) plus kube-scheduler's own LeastAllocated and
-  BalancedAllocation (0..100 each); among equal totals a seeded random one, as
-  kube-scheduler's selectHost does.
+  planned node), ``prioritize_scores``, then ``bind`` (which writes kvsched's prediction of
+  the plugin's GPUs on the pod). The node kube-scheduler picks is the highest total score:
+  the extender's 0..10 x weight 20 x 10 (the shipped scheduler configuration) plus
+  kube-scheduler's own LeastAllocated and BalancedAllocation (0..100 each); among equal
+  totals a seeded random one, as kube-scheduler's selectHost does.
 * ``spread``: stock kube-scheduler: LeastAllocated + BalancedAllocation over cpu, memory and
   nvidia.com/gpu (the requests are proportional to the GPUs, so this spreads GPUs), random
-  among equals; GPUs as the NVIDIA device plugin hands them out (lowest free indices).
-* ``binpack``: MostAllocated over the same resources; device-plugin GPUs.
+  among equals.
+* ``binpack``: MostAllocated over the same resources.
 * ``pinning``: hard residency pinning: only nodes that hold the model (any tier) when one of
-  them fits, else anywhere; spread among them; device-plugin GPUs.
-* ``topology``: kvsched's score with residency removed (ready weight 0) and its GPU-set
-  choice (best_gpu_set), without gang planning.
+  them fits, else anywhere; spread among them.
+* ``topology``: kvsched's score with residency removed (ready weight 0; the GPU-set term
+  rates each node by the set the device plugin is predicted to hand out), without gang
+  planning.
 
 The baselines place gang members one at a time, as kube-scheduler without a coscheduling
 plugin does: members that fit are bound even when the rest cannot be, which is how partially
@@ -65,11 +69,6 @@ def balanced(used_after: int) -> float:
     return MAX_NODE_SCORE * (1.0 - statistics.pstdev(_fractions(used_after)))
 
 
-def device_plugin_gpus(free: frozenset[int], k: int) -> tuple[int, ...]:
-    """The GPUs the NVIDIA device plugin gives a pod without topology hints: lowest free."""
-    return tuple(sorted(free)[:k])
-
-
 def _pick(sim: SimCluster, names: Sequence[str], totals: Sequence[float]) -> str:
     best = max(totals)
     top = [n for n, t in zip(names, totals, strict=True) if t >= best - 1e-9]
@@ -100,7 +99,7 @@ class KvschedPolicy:
             ]
             node = _pick(sim, result.passed, totals)
             bound = store.bind(NAMESPACE, pod.name, pod.uid, node)
-            sim.commit(pod, demand, node, bound.assignment.indices)
+            sim.commit(pod, demand, node, predicted=bound.assignment.indices)
 
 
 @dataclass
@@ -110,10 +109,9 @@ class _Candidate:
 
 
 class _Baseline:
-    """One pod at a time: the core's fit check, then the policy's order and GPU choice."""
+    """One pod at a time: the core's fit check, then the policy's node order."""
 
     name = "baseline"
-    topology_aware = False
 
     def place(self, sim: SimCluster, pods: Sequence[PodSpec]) -> None:
         for pod in pods:
@@ -127,12 +125,7 @@ class _Baseline:
             candidates = self.candidates(sim, demand, feasible)
             totals = self.scores(sim, demand, candidates)
             node = _pick(sim, [c.node for c in candidates], totals)
-            chosen = next(c for c in candidates if c.node == node)
-            if self.topology_aware:
-                gpus = chosen.evaluation.gpus
-            else:
-                gpus = device_plugin_gpus(sim.node_state(node).usable_free_gpus, demand.gpus)
-            sim.commit(pod, demand, node, gpus)
+            sim.commit(pod, demand, node)
 
     def candidates(
         self, sim: SimCluster, demand: PodDemand, feasible: list[_Candidate]
@@ -179,10 +172,9 @@ class PinningPolicy(_Baseline):
 
 
 class TopologyPolicy(_Baseline):
-    """kvsched's scoring without residency: ready weight 0; best GPU set; no gang planning."""
+    """kvsched's scoring without residency: ready weight 0; no gang planning."""
 
     name = "topology"
-    topology_aware = True
 
     def __init__(self, base: ScoringConfig = DEFAULT_SCORING) -> None:
         self.config = ScoringConfig(

@@ -15,7 +15,12 @@ def test_simulate_table_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "POLICY" in out and "kvsched" in out and "spread" in out
     written = sorted(p.name for p in plots.glob("*.png"))
-    assert written == ["fragmentation.png", "time_to_ready.png", "time_to_ready_cdf.png"]
+    assert written == [
+        "best_gpu_set.png",
+        "fragmentation.png",
+        "time_to_ready.png",
+        "time_to_ready_cdf.png",
+    ]
     assert all((plots / name).stat().st_size > 1000 for name in written)
 
 
@@ -25,6 +30,13 @@ def test_simulate_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["trace"]["nodes"] == 6
     assert [p["policy"] for p in data["policies"]] == ["kvsched"]
-    assert {"mean_ready_s", "p95_ready_s", "best_set_share", "partial_gangs"} <= set(
-        data["policies"][0]
-    )
+    assert {
+        "mean_ready_s",
+        "p95_ready_s",
+        "best_set_share",
+        "predicted_best_set_share",
+        "prediction_hit_rate",
+        "tp_prediction_hit_rate",
+        "plugin_fallbacks",
+        "partial_gangs",
+    } <= set(data["policies"][0])

@@ -56,8 +56,14 @@ def test_targets_and_table() -> None:
     metrics = [compute(run_policy(t, make_policy(n))) for n in ("kvsched", "spread")]
     found = {x.name: x for x in targets(metrics)}
     assert found["zero partially placed gangs"].met
-    assert found["100% of TP pods on the best available GPU set"].met
+    best_set = next(x for name, x in found.items() if name.startswith("100% of TP pods"))
+    assert "device plugin" in best_set.name
+    assert best_set.met
+    assert "by kvsched's prediction" in best_set.detail and "spread:" in best_set.detail
     assert any("3x" in name for name in found)
     table = format_table(metrics)
     assert table.splitlines()[0].startswith("POLICY")
     assert "kvsched" in table and "spread" in table
+    assert "BEST SET (PLUGIN)" in table and "BEST SET (PREDICTED)" in table
+    spread_row = next(line for line in table.splitlines() if line.startswith("spread"))
+    assert " - " in spread_row  # no prediction to grade
