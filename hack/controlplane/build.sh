@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Build etcd, kube-apiserver, kube-scheduler and kubectl from Go modules into a version-keyed cache
-# outside the repository, for the e2e tests (no Docker, no release tarballs needed).
+# Build etcd, kube-apiserver, kube-scheduler, kube-controller-manager and kubectl from Go modules
+# into a version-keyed cache outside the repository, for the e2e tests (no Docker, no release
+# tarballs needed).
 #
 #   hack/controlplane/build.sh            # prints the bin dir on stdout, logs on stderr
 #
 # Cache layout (all self-contained under $KVSCHED_CACHE, default ~/.cache/kvsched):
-#   controlplane/k8s-<k8s>-etcd-<etcd>/bin/{etcd,kube-apiserver,kube-scheduler}
+#   controlplane/k8s-<k8s>-etcd-<etcd>/bin/{etcd,kube-apiserver,kube-scheduler,
+#                                          kube-controller-manager,kubectl}
 #   controlplane/work/{k8s-<k8s>,etcd-<etcd>}/   throwaway wrapper Go modules + build logs
 #   controlplane/gomod, controlplane/gocache     GOMODCACHE / GOCACHE used for the build
 #
-# A second run with the binaries present only runs each binary's --version (seconds).
+# A second run with the binaries present only runs each binary's --version (seconds). When a cache
+# lacks some of them (e.g. one made before kube-controller-manager was added), only the missing
+# ones are built and added to it; the binaries already there are left as they are.
 #
 # Environment:
 #   KVSCHED_CACHE            cache root (default ~/.cache/kvsched)
@@ -36,8 +40,11 @@ ETCD_VERSION="v${ETCD_VERSION#v}"
 ROOT="$CACHE/controlplane"
 KEY="k8s-${K8S_VERSION#v}-etcd-${ETCD_VERSION#v}"
 BIN="$ROOT/$KEY/bin"
-# kubectl is built too: the e2e tests apply manifests/ with `kubectl apply -k --server-side`.
-BINARIES=(etcd kube-apiserver kube-scheduler kubectl)
+# kubectl is built too: the e2e tests apply manifests/ with `kubectl apply -k --server-side`;
+# kube-controller-manager runs the Deployment/ReplicaSet/StatefulSet/GC controllers that the
+# real-controller e2e tests (LeaderWorkerSet, Deployments) need.
+BINARIES=(etcd kube-apiserver kube-scheduler kube-controller-manager kubectl)
+K8S_COMMANDS=(kube-apiserver kube-scheduler kube-controller-manager kubectl)
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
 die() {
@@ -60,11 +67,24 @@ version_of() {
     if [[ "$(basename "$1")" == kubectl ]]; then "$1" version --client; else "$1" --version; fi
 }
 
+binary_ok() {
+    [[ -x "$1" ]] && version_of "$1" >/dev/null 2>&1
+}
+
 binaries_ok() {
     local dir="$1" b
     for b in "${BINARIES[@]}"; do
-        [[ -x "$dir/$b" ]] || return 1
-        version_of "$dir/$b" >/dev/null 2>&1 || return 1
+        binary_ok "$dir/$b" || return 1
+    done
+}
+
+# The binaries to build: all of them with KVSCHED_FORCE_REBUILD=1, else those missing or broken.
+missing_binaries() {
+    local b
+    for b in "${BINARIES[@]}"; do
+        if [[ "${KVSCHED_FORCE_REBUILD:-0}" == 1 ]] || ! binary_ok "$BIN/$b"; then
+            echo "$b"
+        fi
     done
 }
 
@@ -75,7 +95,7 @@ if [[ "${KVSCHED_FORCE_REBUILD:-0}" != 1 ]] && binaries_ok "$BIN"; then
 fi
 
 if [[ "${KVSCHED_CP_NO_BUILD:-0}" == 1 ]]; then
-    printf 'build.sh: ERROR: %s\n' "no usable binaries in $BIN and KVSCHED_CP_NO_BUILD=1; run $0 without it" >&2
+    printf 'build.sh: ERROR: %s\n' "no usable $(missing_binaries | tr '\n' ' ')in $BIN and KVSCHED_CP_NO_BUILD=1; run $0 without it (it builds only what is missing)" >&2
     exit 3
 fi
 
@@ -114,7 +134,9 @@ unset GOOS GOARCH
 gorun() { nice -n "$NICE" go "$@"; }
 
 GO_VERSION="$(go env GOVERSION)"
-log "building $KEY with $GO_VERSION (GOMAXPROCS=$PROCS, nice $NICE) into $BIN"
+mapfile -t TO_BUILD < <(missing_binaries)
+wants() { printf '%s\n' "${TO_BUILD[@]}" | grep -qxF "$1"; }
+log "building ${TO_BUILD[*]} ($KEY) with $GO_VERSION (GOMAXPROCS=$PROCS, nice $NICE) into $BIN"
 
 WORK="$ROOT/work"
 K8S_WORK="$WORK/k8s-${K8S_VERSION#v}"
@@ -124,7 +146,10 @@ rm -rf "$K8S_WORK" "$ETCD_WORK" "$STAGE"
 mkdir -p "$K8S_WORK" "$ETCD_WORK" "$STAGE"
 trap 'rm -rf "$STAGE"' EXIT
 
-# --- kube-apiserver + kube-scheduler ---------------------------------------------------------
+# --- kube-apiserver, kube-scheduler, kube-controller-manager, kubectl --------------------------
+NEED_K8S=0
+for cmd in "${K8S_COMMANDS[@]}"; do wants "$cmd" && NEED_K8S=1; done
+if ((NEED_K8S)); then
 log "downloading k8s.io/kubernetes@$K8S_VERSION (large; first time takes minutes)"
 if ! gorun mod download -json "k8s.io/kubernetes@$K8S_VERSION" >"$K8S_WORK/download.json" 2>"$K8S_WORK/download.log"; then
     cat "$K8S_WORK/download.json" >>"$K8S_WORK/download.log" 2>/dev/null || true
@@ -193,15 +218,18 @@ LDFLAGS+=" -X $LDPKG.gitTreeState=clean -X $LDPKG.buildDate=$BUILD_DATE"
 LDFLAGS+=" -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
 LDFLAGS+=" -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$K8S_MAJOR_MINOR"
 
-for cmd in kube-apiserver kube-scheduler kubectl; do
+for cmd in "${K8S_COMMANDS[@]}"; do
+    wants "$cmd" || continue
     log "compiling $cmd (several minutes on a small machine)"
     if ! (cd "$K8S_WORK" && gorun build -p "$PROCS" -trimpath -ldflags "$LDFLAGS" \
         -o "$STAGE/$cmd" "k8s.io/kubernetes/cmd/$cmd") >"$K8S_WORK/build-$cmd.log" 2>&1; then
         fail_with_log "go build k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION" "$K8S_WORK/build-$cmd.log"
     fi
 done
+fi # NEED_K8S
 
 # --- etcd ---------------------------------------------------------------------------------
+if wants etcd; then
 cat >"$ETCD_WORK/go.mod" <<EOF
 // Generated by kvsched hack/controlplane/build.sh; throwaway wrapper, never committed.
 module kvsched.local/controlplane/etcd
@@ -215,14 +243,25 @@ if ! (cd "$ETCD_WORK" && gorun build -p "$PROCS" -trimpath -ldflags "-s -w" \
     -o "$STAGE/etcd" go.etcd.io/etcd/server/v3) >"$ETCD_WORK/build-etcd.log" 2>&1; then
     fail_with_log "go build go.etcd.io/etcd/server/v3@$ETCD_VERSION" "$ETCD_WORK/build-etcd.log"
 fi
+fi # etcd
 
 # --- check and install atomically ---------------------------------------------------------
-for b in "${BINARIES[@]}"; do
+for b in "${TO_BUILD[@]}"; do
     out="$(version_of "$STAGE/$b" 2>&1)" || die "$STAGE/$b version check failed: $out"
     log "$b: $(echo "$out" | head -n1)"
 done
-rm -rf "$BIN"
-mv "$STAGE" "$BIN"
+if ((${#TO_BUILD[@]} == ${#BINARIES[@]})); then
+    rm -rf "$BIN"
+    mv "$STAGE" "$BIN"
+else
+    # Add what was missing to the existing cache; each rename is atomic, and the binaries
+    # already there (possibly running in other tests) are not touched.
+    mkdir -p "$BIN"
+    for b in "${TO_BUILD[@]}"; do
+        mv -f "$STAGE/$b" "$BIN/$b"
+    done
+    rm -rf "$STAGE"
+fi
 trap - EXIT
 binaries_ok "$BIN" || die "binaries in $BIN do not run"
 log "done: $BIN"

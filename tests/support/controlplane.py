@@ -4,7 +4,8 @@ The binaries are built from Go modules by ``hack/controlplane/build.sh`` into a 
 cache outside the repository; ``hack/controlplane/up.sh`` starts etcd and the apiserver on
 127.0.0.1 with free ports, a static admin token (system:masters) and a kubeconfig;
 ``hack/controlplane/down.sh`` stops them. There is no kubelet and no controller-manager: tests
-create Node objects themselves and use bare Pods.
+create Node objects themselves and use bare Pods. (Tests that need real controllers add
+kube-controller-manager, KWOK and the LWS controller through support/controllers.py.)
 
     with ControlPlane.start(tmp_path / "cp") as cp:
         cp.request("POST", "/api/v1/nodes", node)
@@ -47,7 +48,9 @@ DOWN_SH = HACK_DIR / "down.sh"
 BUILD_TIMEOUT_S = 3 * 3600.0
 """A cold build downloads ~1 GB of modules and compiles for tens of minutes on 2 cores."""
 START_TIMEOUT_S = 180.0
-BINARIES = ("etcd", "kube-apiserver", "kube-scheduler", "kubectl")
+BINARIES = ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "kubectl")
+"""What build.sh builds; kube-controller-manager is started only by the tests that need real
+workload controllers (support/controllers.py), never by :meth:`ControlPlane.start`."""
 
 
 class ControlPlaneUnavailable(Exception):  # noqa: N818 - the name says what the caller gets
