@@ -15,6 +15,7 @@ from scheduler.core.placement import ScoringConfig
 from scheduler.extender.app import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_VERB_THREADS,
     AppSettings,
     create_app,
 )
@@ -27,6 +28,7 @@ from scheduler.extender.server import (
 )
 from scheduler.logs import configure_logging
 from scheduler.state.binder import ApiBinder
+from scheduler.state.effects import EffectWriter
 from scheduler.state.events import EventRecorder, PodEvents
 from scheduler.state.kube import KubeApi
 from scheduler.state.offline import ClusterFileError, load_cluster
@@ -68,6 +70,14 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8888, help="listen port (default 8888)")
+    parser.add_argument(
+        "--verb-threads",
+        type=int,
+        default=DEFAULT_VERB_THREADS,
+        help="filter/prioritize/explain requests evaluated at once, each in a worker thread so "
+        "that the event loop (and /healthz) never waits on them; 0 runs them on the event loop "
+        f"(default {DEFAULT_VERB_THREADS})",
+    )
     parser.add_argument(
         "--max-body-bytes",
         type=int,
@@ -210,14 +220,19 @@ def run(args: argparse.Namespace) -> int:
             api = KubeApi.connect(args.kubeconfig)
         except Exception as exc:  # the client raises several unrelated types for bad configs
             return fail(f"cannot load Kubernetes credentials: {exc}")
-        store = ClusterStore(catalog, scoring, binder=ApiBinder(api))
+        binder = ApiBinder(api)
+        # Gang reservation writes leave the verbs: one writer thread carries them out.
+        effects = EffectWriter(binder, metrics)
+        store = ClusterStore(catalog, scoring, binder=binder, effects=effects)
         background = ClusterSync(
             api, store, SyncSettings(watch_timeout_s=args.watch_timeout_seconds), metrics
         )
         if args.events:
             events = EventRecorder(api, metrics)
     settings = AppSettings(
-        max_body_bytes=args.max_body_bytes, body_timeout_s=args.request_body_timeout_seconds
+        max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.request_body_timeout_seconds,
+        verb_threads=args.verb_threads,
     )
     app = create_app(store, settings, metrics, background, events)
     server = ServerSettings(

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
@@ -50,6 +49,7 @@ from cachetools import LRUCache
 
 from scheduler.core.demand import A_REVISION, A_WEIGHTS_BYTES
 from scheduler.core.quantity import parse_whole_quantity
+from scheduler.inventory.settings import ResidencySettings
 from scheduler.inventory.status import Allocation, InventoryStatus, ModelEntry, parse_time
 from scheduler.models.catalog import Catalog
 from scheduler.models.kvplan import weights_bytes
@@ -72,39 +72,6 @@ _T = TypeVar("_T")
 
 ModelKey = tuple[str, str | None]
 """(canonical lower-case model name, revision or None): one cached copy."""
-
-
-@dataclass(frozen=True)
-class ResidencySettings:
-    """How the controller turns pod history into residency.
-
-    ``host_memory_ttl_s``: seconds a model counts as in the host page cache after its last
-    pod on the node stopped; after that it counts as on local disk.
-    ``default_cache_capacity_bytes``: a node's model-cache capacity when neither an agent's
-    inventory nor the node label ``kvsched.io/model-cache-bytes`` states one.
-    ``agent_stale_after_s``: an agent report whose ``observedAt`` is older than this no longer
-    wins over the controller's own picture (the agent is presumed gone).
-    ``max_models_per_node``: most models remembered per node (the CRD accepts 1024); the
-    least recently used beyond it are forgotten like evicted ones.
-    """
-
-    host_memory_ttl_s: float = 1800.0
-    default_cache_capacity_bytes: int = 2 * 2**40
-    agent_stale_after_s: float = 600.0
-    max_models_per_node: int = 1024
-
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.host_memory_ttl_s) or self.host_memory_ttl_s < 0:
-            raise ValueError(f"host_memory_ttl_s must be >= 0, not {self.host_memory_ttl_s}")
-        if self.default_cache_capacity_bytes < 0:
-            raise ValueError(
-                f"default_cache_capacity_bytes must be >= 0, not "
-                f"{self.default_cache_capacity_bytes}"
-            )
-        if not math.isfinite(self.agent_stale_after_s) or self.agent_stale_after_s <= 0:
-            raise ValueError(f"agent_stale_after_s must be > 0, not {self.agent_stale_after_s}")
-        if self.max_models_per_node < 1:
-            raise ValueError(f"max_models_per_node must be >= 1, not {self.max_models_per_node}")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,15 @@ class ExtenderMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.effects = Counter(
+            "kvsched_effects",
+            "API writes decided under the store's lock and carried out after it, off the "
+            "verbs: gang reservation annotations (reservation, reservation-clear), by outcome "
+            "(written, failed, dropped: queue full or stopping). A reservation not written is "
+            "only not durable across a restart.",
+            ["effect", "outcome"],
+            registry=self.registry,
+        )
         self.events = Counter(
             "kvsched_events",
             "Kubernetes Events on pods, by reason (KvschedPlaced, KvschedUnschedulable, "
@@ -113,6 +122,10 @@ class ExtenderMetrics:
     # StoreObserver: the store reports here as it rebuilds nodes.
     def prediction_mismatch(self, node: str, pod: str) -> None:
         self.prediction_mismatches.inc()
+
+    # EffectObserver: the effect writer reports here.
+    def effect_done(self, kind: str, outcome: str) -> None:
+        self.effects.labels(kind, outcome).inc()
 
     # EventObserver: the event recorder reports here.
     def event_recorded(self, reason: str, outcome: str) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from scheduler.controller.residency import ResidencySettings
+from scheduler.inventory.settings import ResidencySettings
 from scheduler.inventory.status import Allocation, InventoryStatus, ModelEntry
 
 __all__ = [

@@ -12,16 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+# Re-exported for the agent and the controller, which stamp status times with it.
+from scheduler.clock import now as now
+
 TIERS = ("gpu", "host-memory", "local-disk")
 SOURCES = ("agent", "controller")
 # Who vouches for `allocated`: the kubelet (the agent read its PodResources API: the truth),
 # or kvsched's own prediction of the device plugin's choice (the controller mirrors the pods'
 # kvsched.io/predicted-gpus annotations). Only the kubelet's list counts in placement.
 ALLOCATION_SOURCES = ("kubelet", "prediction")
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def format_time(value: dt.datetime) -> str:

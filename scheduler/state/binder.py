@@ -12,9 +12,9 @@ import logging
 
 from scheduler.core.assignment import GpuPrediction, GpuReservation
 from scheduler.core.demand import A_PLACEMENT, A_PREDICTED_GPUS, A_RESERVATION
+from scheduler.state.contracts import BindError
 from scheduler.state.kube import ClusterApi, ConflictError, KubeError, NotFoundError
 from scheduler.state.objects import PodRecord, pod_record
-from scheduler.state.store import BindError
 
 log = logging.getLogger(__name__)
 

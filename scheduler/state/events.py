@@ -32,9 +32,9 @@ from typing import Any, Protocol
 from cachetools import TTLCache
 
 from scheduler.core.demand import PodDemand
+from scheduler.state.contracts import BindResult, FilterResult
 from scheduler.state.kube import EventApi, KubeError, micro_time
 from scheduler.state.quarantine import Rejection
-from scheduler.state.store import BindResult, FilterResult
 
 log = logging.getLogger(__name__)
 

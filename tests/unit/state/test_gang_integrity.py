@@ -146,5 +146,5 @@ def test_a_recreated_member_asking_for_other_gpus_replans_the_group() -> None:
     store.replace_kind("Pod", [members[0], again])
     passed, failed = schedule(store, again)
     assert len(passed) == 1, failed
-    reserved = store._gangs.reservation("uid-llm-m1-second")
+    reserved = store.reservation("uid-llm-m1-second")
     assert reserved is not None and len(reserved.reservation.indices) == 4

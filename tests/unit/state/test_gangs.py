@@ -8,6 +8,7 @@ from typing import Any
 from support.k8s import gpu_node, pod
 
 from scheduler.core.assignment import GpuReservation
+from scheduler.extender.explain import explain_rows
 from scheduler.models.catalog import Catalog
 from scheduler.state.store import ClusterStore
 
@@ -153,7 +154,7 @@ def test_reservations_are_rebuilt_from_annotated_pods_after_a_restart() -> None:
     schedule(first, members[0])
     annotated = []
     for m in members:
-        reserved = first._gangs.reservation(m["metadata"]["uid"])
+        reserved = first.reservation(m["metadata"]["uid"])
         assert reserved is not None
         copy = {
             **m,
@@ -169,7 +170,7 @@ def test_reservations_are_rebuilt_from_annotated_pods_after_a_restart() -> None:
     second = store_with(ZONES, annotated)
     for m, original in zip(annotated, members, strict=True):
         passed, _ = schedule(second, m)
-        expected = first._gangs.reservation(original["metadata"]["uid"])
+        expected = first.reservation(original["metadata"]["uid"])
         assert expected is not None and passed == [expected.reservation.node]
 
 
@@ -246,7 +247,7 @@ def test_decode_pods_score_higher_near_their_prefill_peers() -> None:
     names = ["same", "clique", "zone", "far"]
     scores = dict(zip(names, store.prioritize_scores(store.demand(decode), names), strict=True))
     assert scores["same"] > scores["clique"] > scores["zone"] > scores["far"], scores
-    rows = {r["node"]: r for r in store.explain(store.demand(decode), names)}
+    rows = {r["node"]: r for r in explain_rows(store, store.demand(decode), names)}
     assert rows["same"]["terms"]["kv_peer"] == 1.0 and rows["far"]["terms"]["kv_peer"] == 0.0
     # Without peers running, locality plays no part.
     lone = pod(

@@ -130,7 +130,7 @@ def test_the_kubelets_gpus_replace_the_prediction_and_are_counted_once() -> None
     state = node_state(gpu_node("a"), inv, [bound("x", "a", 4, 0, 1, 2, 3)], CATALOG)
     assert state.free_gpus == frozenset({0, 1, 2, 3})
     assert state.unindexed_busy == 0
-    assert held(state) == {i: ("llm/x", "kubelet") for i in (4, 5, 6, 7)}
+    assert held(state) == dict.fromkeys((4, 5, 6, 7), ("llm/x", "kubelet"))
     assert [(m.pod, m.predicted, m.actual) for m in state.mismatches] == [
         ("llm/x", (0, 1, 2, 3), (4, 5, 6, 7))
     ]

@@ -114,7 +114,7 @@ def test_hostile_pod_in_a_watch_keeps_the_informer_and_the_gpus_held() -> None:
     run_until_exhausted(api, store, "Pod")
     # The watch event was taken: no relist was needed, and the pod map is whole.
     assert [c for c in api.calls if c[0] == "list"] == [("list", "Pod")]
-    assert {p.name for p in store._pods.values()} == {"p1", "p2", "innocent"}
+    assert {p.name for p in store.cache.pods.values()} == {"p1", "p2", "innocent"}
     # A routine Node update rebuilds the node from the pods it knows: all eight GPUs held.
     store.upsert("Node", with_kind(gpu_node("a"), "Node", "3"))
     state = store.node("a")
@@ -155,7 +155,7 @@ def test_a_relist_that_breaks_midway_leaves_the_previous_view() -> None:
         store.replace_kind("Pod", broken())
     state = store.node("a")
     assert state is not None and state.free_gpus == frozenset({4, 5, 6, 7})
-    assert {p.name for p in store._pods.values()} == {"p1"}
+    assert {p.name for p in store.cache.pods.values()} == {"p1"}
 
 
 def test_unreadable_annotations_of_a_bound_gpu_pod_still_hold_its_gpus() -> None:

@@ -13,6 +13,7 @@ from support.k8s import cached, cpu_node, gpu_node, inventory, model_annotations
 from scheduler.core.assignment import GpuPrediction
 from scheduler.core.node import Tier
 from scheduler.core.placement import evaluate
+from scheduler.extender.explain import explain_rows
 from scheduler.models.catalog import Catalog
 from scheduler.state.offline import ClusterObjects, load_cluster
 from scheduler.state.store import BindError, ClusterStore
@@ -271,10 +272,10 @@ def test_memo_is_not_stale_after_bind() -> None:
 
 def test_memo_is_not_stale_after_partial_bind() -> None:
     store = make_store(nodes=[gpu_node("a")])
-    first = store.explain(store.demand(pod("probe", gpus=2)), ["a"])[0]["predictedGpus"]
+    first = explain_rows(store, store.demand(pod("probe", gpus=2)), ["a"])[0]["predictedGpus"]
     store.demand(pod("p", gpus=2))
     taken = store.bind("llm", "p", "uid-llm-p", "a").assignment.indices
-    second = store.explain(store.demand(pod("probe", gpus=2)), ["a"])[0]["predictedGpus"]
+    second = explain_rows(store, store.demand(pod("probe", gpus=2)), ["a"])[0]["predictedGpus"]
     assert not set(second) & set(taken)
     assert tuple(first) == taken  # the probe's best set was the one bind took
 
@@ -296,10 +297,10 @@ def test_memo_follows_model_cache_changes() -> None:
     demand = store.demand(
         pod("p", gpus=4, annotations=model_annotations(LLAMA_70B, max_model_len="8192"))
     )
-    cold = store.explain(demand, ["a"])[0]["coldStart"]
+    cold = explain_rows(store, demand, ["a"])[0]["coldStart"]
     assert cold["tier"] == "network"
     store.upsert_inventory(inventory("a", PRESETS["hgx-h100-8"], models=[cached(LLAMA_70B, "gpu")]))
-    warm = store.explain(demand, ["a"])[0]["coldStart"]
+    warm = explain_rows(store, demand, ["a"])[0]["coldStart"]
     assert warm["tier"] == "gpu"
     assert warm["readySeconds"] < cold["readySeconds"]
 
@@ -406,7 +407,7 @@ def test_the_kubelets_report_corrects_a_wrong_prediction_within_one_event() -> N
     store.upsert_pod(dict(x))
     assert store.prediction_mismatches == 1
     # The next 4-GPU pod is predicted on the GPUs that are really free.
-    row = store.explain(store.demand(pod("next", gpus=4)), ["a"])[0]
+    row = explain_rows(store, store.demand(pod("next", gpus=4)), ["a"])[0]
     assert row["predictedGpus"] == [0, 1, 2, 3]
     assert row["heldGpus"] == [
         {"index": i, "pod": "llm/x", "source": "kubelet"} for i in (4, 5, 6, 7)
@@ -415,7 +416,7 @@ def test_the_kubelets_report_corrects_a_wrong_prediction_within_one_event() -> N
 
 def test_explain_says_which_gpus_are_held_on_a_prediction() -> None:
     store = make_store(pods=[pod("x", gpus=2, node="a", annotations=assigned("a", 6, 7))])
-    row = store.explain(store.demand(pod("next", gpus=2)), ["a"])[0]
+    row = explain_rows(store, store.demand(pod("next", gpus=2)), ["a"])[0]
     assert row["heldGpus"] == [
         {"index": 6, "pod": "llm/x", "source": "prediction"},
         {"index": 7, "pod": "llm/x", "source": "prediction"},
@@ -464,7 +465,7 @@ def test_node_facts_are_reparsed_only_when_the_node_or_its_inventory_changes() -
 
 def test_explain_rows_best_first_with_reasons() -> None:
     store = make_store()
-    rows = store.explain(store.demand(pod("p", gpus=4)))
+    rows = explain_rows(store, store.demand(pod("p", gpus=4)))
     assert [r["node"] for r in rows][-1] == "c"
     assert {r["node"] for r in rows} == {"a", "b", "c"}
     fit = rows[0]

@@ -1,0 +1,200 @@
+"""The bind coordinator: kube-scheduler's bind call as a transaction over the node cache.
+
+1. Under the store's lock: choose the pod's GPUs on the node (a gang member takes the GPUs
+   its plan reserved; any other pod is evaluated again, from the demand filter saw), and
+   **assume** them in the node cache, so that no other bind or filter can get them.
+2. Outside the lock, in the caller's worker thread: the binder makes the bind durable (in
+   cluster mode, pods/binding carrying the GPU prediction). Filters for the next pods do not
+   wait behind it.
+3. Under the lock again: on success the assumption stands until the watch confirms it (an
+   API server that reports an earlier binding with other GPUs wins: those are adopted); on
+   failure it is **forgotten**: the GPUs go back, a gang member's reservation is restored,
+   unless the watch showed the pod bound to that node meanwhile (the call timed out after
+   the server applied it: the server's view wins, and rolling back would free GPUs a running
+   pod holds).
+
+Idempotent: a retry for a pod already bound to that node answers the same GPUs. A retry that
+arrives while an earlier bind of the same pod still waits on the API server (kube-scheduler
+gave up after its httpTimeout) waits for that call's outcome, up to `retry_wait_s`, then
+fails so that kube-scheduler tries again: answering "bound" from the unconfirmed record would
+be a lie if that call then failed (kube-scheduler would never schedule the pod again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from scheduler.core.assignment import GpuPrediction, uuids_for
+from scheduler.core.demand import parse_demand
+from scheduler.core.node import NodeState
+from scheduler.core.placement import ScoringConfig, evaluate
+from scheduler.models.catalog import Catalog
+from scheduler.state.contracts import Binder, BindError, BindResult
+from scheduler.state.gang_coordinator import GangCoordinator
+from scheduler.state.gangs import Reserved
+from scheduler.state.nodecache import NodeCache
+from scheduler.state.objects import PodRecord, gang_key, pod_record
+from scheduler.state.pending import PendingPods
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BindCoordinator", "gpu_assignment"]
+
+
+@dataclass(frozen=True, slots=True)
+class _BindCall:
+    """A bind waiting on the API server; `done` is set when it has succeeded or failed."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def gpu_assignment(node: str, state: NodeState, indices: tuple[int, ...]) -> GpuPrediction:
+    """The chosen GPUs with their UUIDs where the node's inventory knows them."""
+    topology = state.topology
+    uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
+    return GpuPrediction(node, indices, uuids_for(indices, uuid_by_index))
+
+
+class BindCoordinator:
+    def __init__(
+        self,
+        cache: NodeCache,
+        gangs: GangCoordinator,
+        pending: PendingPods,
+        binder: Binder,
+        catalog: Catalog,
+        scoring: ScoringConfig,
+        retry_wait_s: float = 2.0,
+    ) -> None:
+        self.cache = cache
+        self.gangs = gangs
+        self.pending = pending
+        self.binder = binder
+        self.catalog = catalog
+        self.scoring = scoring
+        self.retry_wait_s = retry_wait_s
+        # Binds waiting on the API server, by pod UID.
+        self._in_flight: dict[str, _BindCall] = {}
+
+    def bind(self, namespace: str, name: str, uid: str, node_name: str) -> BindResult:
+        """Bind the pod to `node_name` (see the module docstring). Blocks on the API server:
+        call it from a worker thread, never from the event loop."""
+        lock = self.cache.lock
+        while True:
+            with lock:
+                earlier = self._in_flight.get(uid)
+                if earlier is None:
+                    existing = self.cache.pods.get(uid)
+                    if existing is not None and existing.node is not None:
+                        if existing.node != node_name:
+                            raise BindError(
+                                f"pod {namespace}/{name} is already bound to {existing.node}, "
+                                f"not {node_name}"
+                            )
+                        if existing.assignment is not None:
+                            return BindResult(
+                                existing.assignment, "already bound", already_bound=True
+                            )
+                    reserved = self.gangs.reservation(uid)
+                    if reserved is not None:
+                        record, placement = self._claim_reserved(reserved, node_name)
+                    else:
+                        record, placement = self._claim(namespace, name, uid, node_name)
+                    assert record.assignment is not None
+                    mine = self._in_flight[uid] = _BindCall()
+                    self.cache.assume(record)
+                    break
+            if not earlier.done.wait(self.retry_wait_s):
+                raise BindError(
+                    f"pod {namespace}/{name}: an earlier bind is still waiting on the API "
+                    "server; try again later"
+                )
+            # Done: succeeded (the record says so now) or failed (GPUs given back): look again.
+        try:
+            recorded = self.binder.bind(record, record.assignment, placement)
+            if recorded is not None and recorded != record.assignment:
+                # Bound before, by a call whose answer was lost: the GPUs that binding wrote
+                # on the pod are the ones it holds, not the ones chosen just now.
+                with lock:
+                    if self.cache.pods.get(uid) is record:
+                        self.cache.assume(dataclasses.replace(record, assignment=recorded))
+                return BindResult(recorded, "already bound", already_bound=True)
+        except BindError:
+            with lock:
+                seen = self.cache.forget(record, existing)
+                if seen is not None and seen.node == node_name and seen.assignment is not None:
+                    # The watch showed the pod bound while the call was under way.
+                    log.info("bind %s: the call failed, but the pod is bound", seen.ref)
+                    return BindResult(seen.assignment, "bound", already_bound=True)
+                if reserved is not None:
+                    self.gangs.book.restore(reserved)
+                self.cache.rebuild(node_name)
+            raise
+        finally:
+            with lock:
+                del self._in_flight[uid]
+            mine.done.set()
+        return BindResult(record.assignment, placement, already_bound=False)
+
+    def _claim(self, namespace: str, name: str, uid: str, node_name: str) -> tuple[PodRecord, str]:
+        demand = self.pending.demand(uid)
+        if demand is None:
+            # E.g. filter ran before a restart of ours: the watched pod says the same.
+            obj = self.cache.pod_object(namespace, name)
+            if obj is not None and pod_record(obj).uid == uid:
+                demand = parse_demand(obj, self.catalog)
+        if demand is None:
+            raise BindError(
+                f"pod {namespace}/{name} (uid {uid}) was not seen by filter: cannot bind"
+            )
+        entry = self.cache.entries.get(node_name)
+        if entry is None:
+            raise BindError(f"node {node_name} unknown to kvsched")
+        evaluation = evaluate(demand, entry.state, self.scoring)
+        if not evaluation.fits:
+            raise BindError(
+                f"pod {namespace}/{name} no longer fits {node_name}: {evaluation.reason}"
+            )
+        record = PodRecord(
+            uid=uid,
+            namespace=namespace,
+            name=name,
+            node=node_name,
+            gpus=demand.gpus,
+            assignment=gpu_assignment(node_name, entry.state, evaluation.gpus),
+            model=demand.model,
+            phase="Pending",
+            gang=demand.gang.key if demand.gang is not None else None,
+            gang_id=self.gangs.gang_id(demand) if demand.gang is not None else None,
+            gang_size=demand.gang.size if demand.gang is not None else None,
+            role=demand.role,
+        )
+        return record, evaluation.summary()
+
+    def _claim_reserved(self, reserved: Reserved, node_name: str) -> tuple[PodRecord, str]:
+        """A gang member binds onto the GPUs its plan reserved (no re-evaluation: the plan
+        already judged them, and they are held for it)."""
+        plan = reserved.reservation
+        if node_name != plan.node:
+            raise BindError(
+                f"gang {plan.gang}: {reserved.name} is planned on {plan.node}, not {node_name}"
+            )
+        entry = self.cache.entries.get(node_name)
+        if entry is None:
+            raise BindError(f"node {node_name} unknown to kvsched")
+        record = PodRecord(
+            uid=reserved.uid,
+            namespace=reserved.namespace,
+            name=reserved.name,
+            node=node_name,
+            gpus=len(plan.indices),
+            assignment=gpu_assignment(node_name, entry.state, plan.indices),
+            model=None,
+            phase="Pending",
+            gang=gang_key(plan.gang),
+            gang_id=plan.gang,
+        )
+        return record, f"predicted-gpus={','.join(map(str, plan.indices))} gang={plan.gang}"
