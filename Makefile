@@ -4,10 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: help install demo test e2e lint typecheck check bench controlplane podresources \
-	gpuallocator testbins cluster-up cluster-down demo-cluster clean
+	gpuallocator kwok lws testbins cluster-up cluster-down demo-cluster clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 install: $(BIN)/kvsched ## create .venv and install kvsched with its dev tools
 
@@ -17,13 +17,17 @@ $(BIN)/kvsched: pyproject.toml
 demo: install ## run the extender on the example cluster and schedule example pods through it
 	$(BIN)/kvsched demo
 
-test: install ## run the whole test suite
+test: install ## whole suite; with Go it first builds what e2e needs (testbins), without Go it says e2e did not run
 	VENV=$(VENV) hack/test.sh
+
+.PHONY: unit
+unit: install ## the quick loop: unit and API tests, no e2e, no Go builds
+	KVSCHED_TEST_MODE=unit VENV=$(VENV) hack/test.sh
 
 e2e: install ## only the e2e tests (real etcd, kube-apiserver, kube-scheduler)
 	KVSCHED_E2E=1 VENV=$(VENV) hack/test.sh -m e2e
 
-controlplane: ## build etcd, kube-apiserver, kube-scheduler, kubectl (cached in ~/.cache/kvsched)
+controlplane: ## build etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl (cached)
 	hack/controlplane/build.sh
 
 podresources: ## build the kubelet's PodResources test server (cached in ~/.cache/kvsched)
@@ -32,7 +36,13 @@ podresources: ## build the kubelet's PodResources test server (cached in ~/.cach
 gpuallocator: ## build the go-gpuallocator oracle (the device plugin's GPU choice; cached)
 	hack/gpuallocator/build.sh
 
-testbins: controlplane podresources gpuallocator ## every Go-built binary the tests use
+kwok: ## build KWOK, the fake kubelet of the real-controller e2e tests (cached in ~/.cache/kvsched)
+	hack/kwok/build.sh
+
+lws: ## build the LeaderWorkerSet controller + its CRDs/webhook manifests (cached in ~/.cache/kvsched)
+	hack/lws/build.sh
+
+testbins: controlplane podresources gpuallocator kwok lws ## every Go-built binary the tests use
 
 cluster-up: controlplane ## start a local control plane; prints its kubeconfig path
 	hack/controlplane/up.sh

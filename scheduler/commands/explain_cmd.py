@@ -8,6 +8,8 @@ from typing import Any
 
 from scheduler.commands.common import add_catalog_argument, fail, load_catalog
 from scheduler.core.demand import parse_demand
+from scheduler.extender.explain import explanation
+from scheduler.models.catalog import Catalog
 from scheduler.state.kube import KubeApi, KubeError, NotFoundError
 from scheduler.state.offline import ClusterFileError, ClusterObjects, load_cluster
 from scheduler.state.store import ClusterStore
@@ -54,38 +56,58 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     except Exception as exc:  # the client raises several unrelated types for bad configs
         return fail(f"cannot read the cluster: {exc}")
+    where = "the cluster file" if args.cluster_file else "the cluster"
+    answer = explain_pod(objects, ref, catalog)
+    if answer is None:
+        return fail(f"pod {ref!r} is neither NAMESPACE/NAME in {where} nor a file")
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    for line in explanation_lines(answer):
+        print(line)
+    return 0
+
+
+def explain_pod(objects: ClusterObjects, ref: str, catalog: Catalog) -> dict[str, Any] | None:
+    """The extender's explanation of one pod against a snapshot of the cluster: what
+    `kvsched explain` and `kubectl kvsched explain` print. `ref` is NAMESPACE/NAME of a pod in
+    `objects`, or a file holding one Pod; None when it is neither.
+
+    The extender's own answer (scheduler.extender.explain.explanation, what POST /explain
+    gives): `pod` (NAMESPACE/NAME), `gpus`, `model`, `error` (the pod's own spec error, which
+    rejects it everywhere), `plan`, `nodes` (per node, best first: fits, reason, score, terms,
+    predictedGpus, gpuSet, coldStart, memory, heldGpus)."""
     store = ClusterStore(catalog)
     store.load(objects)
     pod = _find_pod(store, ref)
     if pod is None:
-        where = "the cluster file" if args.cluster_file else "the cluster"
-        return fail(f"pod {ref!r} is neither NAMESPACE/NAME in {where} nor a file")
-    demand = parse_demand(pod, catalog)
-    rows = store.explain(demand)
-    if args.json:
-        print(json.dumps({"pod": demand.ref, "error": demand.error, "nodes": rows}, indent=2))
-        return 0
-    print(f"pod {demand.ref}: {demand.gpus} GPU(s), model {demand.model or '-'}")
-    if demand.error:
-        print(f"  rejected everywhere: {demand.error}")
-        return 0
-    for row in rows:
+        return None
+    return explanation(store, parse_demand(pod, catalog), None)
+
+
+def explanation_lines(answer: dict[str, Any]) -> list[str]:
+    """`explain_pod`'s answer as text: one line per node (and one for its held GPUs)."""
+    lines = [f"pod {answer['pod']}: {answer['gpus']} GPU(s), model {answer['model'] or '-'}"]
+    if answer["error"]:
+        lines.append(f"  rejected everywhere: {answer['error']}")
+        return lines
+    for row in answer["nodes"]:
         if row["fits"]:
             cold = row.get("coldStart", {})
-            print(
+            lines.append(
                 f"  {row['node']:<12} score {row['score']:>2}  "
                 f"predicted gpus {row['predictedGpus']}  "
                 f"set {row.get('gpuSet', {}).get('tier', '-')}  weights {cold.get('tier', '-')}"
                 f"  ready {cold.get('readySeconds', '-')}s  terms {row['terms']}"
             )
         else:
-            print(f"  {row['node']:<12} no: {row['reason']}")
+            lines.append(f"  {row['node']:<12} no: {row['reason']}")
         held = ", ".join(
             f"{h['index']}:{h['pod'] or '-'} ({h['source']})" for h in row.get("heldGpus", [])
         )
         if held:
-            print(f"  {'':<12} held: {held}")
-    return 0
+            lines.append(f"  {'':<12} held: {held}")
+    return lines
 
 
 def list_cluster(api: KubeApi) -> ClusterObjects:

@@ -27,7 +27,7 @@ from scheduler.controller.residency import (
 )
 from scheduler.core.quantity import parse_whole_quantity
 from scheduler.inventory.merge import merge_controller_view, status_changed
-from scheduler.inventory.status import InventoryStatus, now
+from scheduler.inventory.status import InventoryStatus, now, parse_time
 from scheduler.state.kube import ConflictError, InventoryApi, KubeError, NotFoundError
 from scheduler.state.objects import GFD_COUNT, GFD_PRODUCT, GPU_RESOURCE, pod_key, read_pod
 from scheduler.state.quarantine import UNREADABLE, Problem, Quarantine
@@ -85,6 +85,13 @@ class ControllerMetrics:
         self.evictions = Gauge(
             "kvsched_controller_evictions",
             "Models evicted from learned residency (total).",
+            registry=self.registry,
+        )
+        self.agent_report_age = Gauge(
+            "kvsched_controller_agent_report_age_seconds",
+            "Seconds since the oldest of the node agents' last reports (status.observedAt of an "
+            "inventory written by the agent), over the nodes whose agent reported while this "
+            "replica leads; 0 when none. Set by the leader only.",
             registry=self.registry,
         )
 
@@ -325,6 +332,31 @@ class Controller:
         self.state = state
         self.settings = settings
         self.stop_event = threading.Event()
+        # node -> (status.observedAt as written, parsed) of its agent's last report, kept when
+        # the controller's own view takes over: its age is how stale that node's agent is.
+        self._agent_reports: dict[str, tuple[str, datetime]] = {}
+
+    def agent_report_age(self, moment: datetime) -> float:
+        """For ``kvsched_controller_agent_report_age_seconds``: the age of the oldest last
+        agent report among existing nodes (0 when no agent has reported)."""
+        for name, obj in self.state.inventories.items():
+            status = obj.get("status")
+            if not isinstance(status, Mapping) or status.get("source") != "agent":
+                continue
+            text = status.get("observedAt")
+            known = self._agent_reports.get(name)
+            if not isinstance(text, str) or (known is not None and known[0] == text):
+                continue
+            try:
+                observed = parse_time(text)
+            except ValueError:
+                continue
+            if known is None or observed > known[1]:
+                self._agent_reports[name] = (text, observed)
+        for name in [n for n in self._agent_reports if n not in self.state.nodes]:
+            del self._agent_reports[name]
+        ages = [(moment - seen).total_seconds() for _, seen in self._agent_reports.values()]
+        return max(0.0, *ages) if ages else 0.0
 
     def lead(self) -> None:
         """The leader's loop (the lease library calls it in a thread once elected)."""
@@ -350,6 +382,7 @@ class Controller:
                     self.state.mark(name)
             metrics.inventories.set(len(self.state.inventories))
             metrics.evictions.set(self.state.tracker.evictions)
+            metrics.agent_report_age.set(self.agent_report_age(self.state.clock()))
             self.state.changed.wait(1.0)
 
     def stopped_leading(self) -> None:
