@@ -38,6 +38,7 @@ from scheduler.state.gangs import Reserved
 from scheduler.state.nodecache import NodeCache
 from scheduler.state.objects import PodRecord, gang_key, pod_record
 from scheduler.state.pending import PendingPods
+from topology.deviceplugin import predict_allocation
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,13 @@ class BindCoordinator:
 
     def _claim_reserved(self, reserved: Reserved, node_name: str) -> tuple[PodRecord, str]:
         """A gang member binds onto the GPUs its plan reserved (no re-evaluation: the plan
-        already judged them, and they are held for it)."""
+        already judged the node, and the GPUs are held for it).
+
+        The reserved indices are kvsched's prediction at planning time. When the kubelet has
+        since handed some of them to another pod (the device plugin chose differently for an
+        earlier member: its truth holds them now), the member's prediction is made again over
+        the GPUs that are really free plus its own untouched reserved ones, as the device
+        plugin will see them; a stale prediction would name GPUs someone else holds."""
         plan = reserved.reservation
         if node_name != plan.node:
             raise BindError(
@@ -185,16 +192,37 @@ class BindCoordinator:
         entry = self.cache.entries.get(node_name)
         if entry is None:
             raise BindError(f"node {node_name} unknown to kvsched")
+        indices = self._current_prediction(reserved, entry.state)
         record = PodRecord(
             uid=reserved.uid,
             namespace=reserved.namespace,
             name=reserved.name,
             node=node_name,
             gpus=len(plan.indices),
-            assignment=gpu_assignment(node_name, entry.state, plan.indices),
+            assignment=gpu_assignment(node_name, entry.state, indices),
             model=None,
             phase="Pending",
             gang=gang_key(plan.gang),
             gang_id=plan.gang,
         )
-        return record, f"predicted-gpus={','.join(map(str, plan.indices))} gang={plan.gang}"
+        return record, f"predicted-gpus={','.join(map(str, indices))} gang={plan.gang}"
+
+    @staticmethod
+    def _current_prediction(reserved: Reserved, state: NodeState) -> tuple[int, ...]:
+        plan = reserved.reservation
+        own = f"{reserved.namespace}/{reserved.name}"
+        taken = {i for i, holder in state.holders.items() if holder.pod != own}
+        if state.topology is None or not taken.intersection(plan.indices):
+            return plan.indices
+        candidates = state.free_gpus | (frozenset(plan.indices) - taken)
+        predicted = predict_allocation(state.topology.layout, candidates, len(plan.indices))
+        if predicted is None:  # fewer GPUs free than the member needs: keep the plan's
+            return plan.indices
+        log.info(
+            "gang %s: %s planned on GPUs %s, now partly held by others; predicted %s",
+            plan.gang,
+            own,
+            list(plan.indices),
+            list(predicted.gpus),
+        )
+        return predicted.gpus
