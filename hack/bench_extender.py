@@ -37,7 +37,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scheduler.demo.run import extender_command, free_port, running_server  # noqa: E402
+from scheduler.demo.run import extender_command, free_ports, running_server  # noqa: E402
 from scheduler.demo.synthetic import bench_pod, synthetic_cluster  # noqa: E402
 from scheduler.extender.wire import host_priorities  # noqa: E402
 from scheduler.models.catalog import Catalog  # noqa: E402
@@ -228,7 +228,7 @@ def run_size(
         pod = bench_pod()
         filter_body = orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names})
 
-        kv_port, floor_port = free_port(), free_port()
+        kv_port, floor_port = free_ports(2)
         kvsched = extender_command(cluster_file, kv_port)
         floor = [
             sys.executable,

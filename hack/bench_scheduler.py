@@ -601,6 +601,9 @@ def run_phase(
                 raise RuntimeError(f"pod watch failed: {watch.error}")
             time.sleep(0.1)
             meter.sample()
+        # A phase that drains before the loop's first sample must still end on a sample taken
+        # with every process of the phase (the scheduler) in it.
+        meter.sample()
         extender_stats = extender_metrics(extender) if extender is not None else {}
     finally:
         watch.stop()

@@ -17,7 +17,6 @@ Bounds are generous (the machines running tests are shared and noisy); the desig
 from __future__ import annotations
 
 import contextlib
-import socket
 import sys
 import threading
 import time
@@ -32,7 +31,7 @@ import uvicorn
 from support.k8s import gpu_node, pod
 
 from scheduler.core.assignment import GpuPrediction, GpuReservation
-from scheduler.demo.run import running_server
+from scheduler.demo.run import free_port, running_server
 from scheduler.demo.synthetic import bench_pod, synthetic_cluster
 from scheduler.extender.app import AppSettings, create_app
 from scheduler.extender.server import ServerSettings
@@ -47,13 +46,6 @@ FAST_S = 0.5
 # How long the eight schedulers keep filtering.
 LOAD_S = 2.0
 LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def percentile(values: list[float], q: float) -> float:

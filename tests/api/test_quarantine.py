@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from support.events import FakeEventApi
 from support.k8s import gpu_node, pod
 
 from scheduler.core.assignment import GpuPrediction
+from scheduler.demo.run import free_port
 from scheduler.extender.app import AppSettings, create_app
 from scheduler.models.catalog import Catalog
 from scheduler.state.events import BAD_OBJECT, EventRecorder
@@ -35,13 +35,6 @@ def sample(text: str, name: str, **labels: str) -> float:
         if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
             return float(match.group(2))
     return 0.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:

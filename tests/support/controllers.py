@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from scheduler.demo.run import free_port
 from support.controlplane import (
     REPO_ROOT,
     ApiError,
@@ -137,13 +138,6 @@ def tool_cached(script: Path, *, explicit_env: str) -> bool:
 
 
 # --- processes ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _insecure_context() -> ssl.SSLContext:

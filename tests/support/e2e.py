@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from scheduler.demo.run import free_port
 from scheduler.inventory.status import format_time, now
 from support import k8s
 from support.controlplane import REPO_ROOT, ApiError, ControlPlane
@@ -26,13 +26,6 @@ from topology.model import NodeTopology
 NAMESPACE = "e2e"
 SCHEDULER_CONFIG = REPO_ROOT / "manifests" / "scheduler" / "scheduler-config.yaml"
 INVENTORY_PATH = "/apis/kvsched.io/v1alpha1/nodeinventories"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(
