@@ -36,6 +36,9 @@ A_KV_DTYPE = PREFIX + "kv-cache-dtype"
 A_GPU_UTIL = PREFIX + "gpu-memory-utilization"
 A_GANG = PREFIX + "gang"
 A_GANG_SIZE = PREFIX + "gang-size"
+# How many pods (pipeline stages) one copy of the model is split across; default the group's
+# size (each member holds its share of the layers), 1 when every member serves a whole model.
+A_PIPELINE_PARALLEL = PREFIX + "pipeline-parallel-size"
 A_TOPOLOGY_KEY = PREFIX + "topology-key"
 A_ROLE = PREFIX + "role"
 A_KV_PEER = PREFIX + "kv-peer"
@@ -61,6 +64,7 @@ USER_ANNOTATIONS = frozenset(
         A_GPU_UTIL,
         A_GANG,
         A_GANG_SIZE,
+        A_PIPELINE_PARALLEL,
         A_TOPOLOGY_KEY,
         A_ROLE,
         A_KV_PEER,
@@ -78,6 +82,10 @@ LWS_GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
 LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
 LWS_GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
 LWS_SIZE = "leaderworkerset.sigs.k8s.io/size"
+LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+# LWS copies this annotation onto its pods: the label key a whole group must share (LWS's pod
+# webhook makes workers follow their leader's value and keeps other groups off it).
+LWS_EXCLUSIVE_TOPOLOGY = "leaderworkerset.sigs.k8s.io/exclusive-topology"
 POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
@@ -135,6 +143,9 @@ class PodDemand:
     role: str | None = None
     kv_peer: str | None = None
     error: str | None = None
+    # The member's index in its group when the controller numbers members (LWS worker-index;
+    # the leader is 0): a member created after its group was planned takes that slot.
+    gang_index: int | None = None
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -218,6 +229,21 @@ def _parse(
     if topology_key is not None and not topology_key.strip():
         raise DemandError(f"annotation {A_TOPOLOGY_KEY}={echo(topology_key)} must be a label key")
     gang = _gang(namespace, annotations, labels)
+    if topology_key is None and gang is not None:
+        # LWS exclusive placement: the group must share this key's value (LWS's affinity).
+        exclusive = _name(annotations, LWS_EXCLUSIVE_TOPOLOGY)
+        topology_key = exclusive.strip() if exclusive is not None and exclusive.strip() else None
+    stages = _optional(annotations, A_PIPELINE_PARALLEL, _positive_int)
+    if stages is not None:
+        if gang is None:
+            raise DemandError(
+                f"annotation {A_PIPELINE_PARALLEL}={stages} needs a group ({A_GANG} or a "
+                "LeaderWorkerSet): it says how many members one copy of the model is split across"
+            )
+        if gang.size is not None and stages > gang.size:
+            raise DemandError(
+                f"annotation {A_PIPELINE_PARALLEL}={stages} exceeds the group's size {gang.size}"
+            )
 
     model_name = _name(annotations, A_MODEL)
     base = PodDemand(
@@ -230,6 +256,7 @@ def _parse(
         topology_key=topology_key,
         role=role,
         kv_peer=kv_peer,
+        gang_index=_member_index(labels) if gang is not None else None,
     )
     model_only = (
         A_REVISION,
@@ -254,12 +281,28 @@ def _parse(
         raise DemandError(
             f"annotation {A_MODEL}={echo(model_name)} is set but the pod requests no {GPU_RESOURCE}"
         )
-    return _with_model(base, model_name, annotations, catalog)
+    if stages is None:
+        stages = base.gang.size if base.gang is not None and base.gang.size is not None else 1
+    return _with_model(base, model_name, annotations, catalog, stages)
+
+
+def _member_index(labels: Mapping[str, str]) -> int | None:
+    """The LWS worker-index label as a number (None when absent or not a small number)."""
+    text = labels.get(LWS_WORKER_INDEX)
+    if text is None or not text.isdigit() or len(text) > 9:
+        return None
+    return int(text)
 
 
 def _with_model(
-    base: PodDemand, model_name: str, annotations: Mapping[str, str], catalog: Catalog
+    base: PodDemand,
+    model_name: str,
+    annotations: Mapping[str, str],
+    catalog: Catalog,
+    stages: int = 1,
 ) -> PodDemand:
+    """The demand with its model's memory plan; `stages` is how many members (pipeline stages)
+    the model is split across, this pod holding one (kvplan's `pp`)."""
     revision = _name(annotations, A_REVISION)
     if revision is not None and not revision.strip():
         raise DemandError(f"annotation {A_REVISION}='' is empty")
@@ -289,7 +332,11 @@ def _with_model(
             )
         # Without the architecture the KV size is unknowable; plan weights only and say so.
         plan = plan_weights_only(
-            model_name, tp=base.gpus, weights_bytes=weights_override, max_num_seqs=max_seqs or 1
+            model_name,
+            tp=base.gpus,
+            weights_bytes=weights_override,
+            max_num_seqs=max_seqs or 1,
+            pp=stages,
         )
     else:
         if max_len is not None and max_len > spec.max_model_len:
@@ -308,9 +355,13 @@ def _with_model(
                 kv_dtype=kv_dtype,
                 weights_bytes=weights_override,
                 max_num_seqs=max_seqs or 1,
+                pp=stages,
             )
         except ValueError as exc:
-            raise DemandError(f"model {spec.name}: {exc}") from None
+            hint = ""
+            if stages > 1 and A_PIPELINE_PARALLEL not in annotations:
+                hint = f" (the group's size; set {A_PIPELINE_PARALLEL} to the number of stages)"
+            raise DemandError(f"model {spec.name}: {exc}{hint}") from None
     return PodDemand(
         namespace=base.namespace,
         name=base.name,
@@ -325,6 +376,7 @@ def _with_model(
         topology_key=base.topology_key,
         role=base.role,
         kv_peer=base.kv_peer,
+        gang_index=base.gang_index,
     )
 
 
@@ -337,6 +389,13 @@ def _gang(
         if not gang.strip():
             raise DemandError(f"annotation {A_GANG}='' is empty: name the group")
         size = _positive_int(A_GANG_SIZE, size_text) if size_text is not None else None
+        group_key = _name(labels, LWS_GROUP_KEY, "label")
+        if group_key:
+            # A kvsched.io/gang on a LeaderWorkerSet template: every replica (LWS group) carries
+            # it; each replica is a gang of its own, named after the gang and its group key.
+            if size is None and annotations.get(LWS_SIZE) is not None:
+                size = _positive_int(LWS_SIZE, annotations[LWS_SIZE])
+            return GangRef(namespace, f"{gang.strip()}-lws-{group_key}", size, "leaderworkerset")
         return GangRef(namespace, gang.strip(), size, "annotation")
     if LWS_GROUP_KEY in labels and size_text is None:
         lws_size = annotations.get(LWS_SIZE)
@@ -506,6 +565,7 @@ def _string_map(value: object, where: str) -> Mapping[str, str]:
 
 __all__ = [
     "A_LEGACY_ASSIGNED_GPUS",
+    "A_PIPELINE_PARALLEL",
     "A_PLACEMENT",
     "A_PREDICTED_GPUS",
     "GPU_RESOURCE",

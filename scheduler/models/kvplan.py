@@ -29,6 +29,11 @@ Choices the code makes, in one place:
   latent is not sharded by vLLM: every GPU holds all of it.
 * Weights per GPU are ``ceil(total / tp)``: the small replicated parts (norms, routers) are
   ignored, the embedding and LM head are vocab-parallel and split like the rest.
+* Pipeline parallelism over ``pp`` pods (a group's members, each one stage) splits the layers:
+  one stage holds ``ceil(num_layers / pp)`` layers (every stage is planned as the largest), so
+  ``stage_layers / num_layers`` of the weights (the embedding and LM head, which sit on the
+  first and last stage, are spread like the rest) and the KV cache of its layers only. A model
+  known only by its weight size holds ``ceil(total / pp)``. ``pp = 1`` is a whole engine.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ __all__ = [
     "plan_weights_only",
     "resolve_kv_dtype",
     "resolve_weight_dtype",
+    "stage_layers",
     "weights_bytes",
 ]
 
@@ -159,22 +165,37 @@ def kv_heads_per_gpu(spec: ModelSpec, tp: int = 1) -> int:
     return math.ceil(spec.num_kv_heads / tp)
 
 
-def kv_bytes_per_token(spec: ModelSpec, kv_dtype: str | None = None, tp: int = 1) -> int:
-    """KV-cache bytes one token takes on ONE GPU of a ``tp``-way tensor-parallel group.
+def stage_layers(spec: ModelSpec, pp: int = 1) -> int:
+    """Layers one of ``pp`` pipeline stages holds: ``ceil(num_layers / pp)`` (the largest
+    stage); ``pp`` above the layer count is an error."""
+    _require_positive_int(pp, "pp")
+    if pp > spec.num_layers:
+        raise ValueError(
+            f"pipeline-parallel size {pp} exceeds the model's {spec.num_layers} layers"
+        )
+    return math.ceil(spec.num_layers / pp)
+
+
+def kv_bytes_per_token(
+    spec: ModelSpec, kv_dtype: str | None = None, tp: int = 1, pp: int = 1
+) -> int:
+    """KV-cache bytes one token takes on ONE GPU of a ``tp``-way tensor-parallel group that
+    holds one of ``pp`` pipeline stages (:func:`stage_layers` of the layers).
 
     MHA/GQA/MQA: ``2 (K and V) x layers x kv_heads_per_gpu x head_dim x bytes``.
     MLA: ``layers x (kv_lora_rank + qk_rope_head_dim) x bytes``, the same on every GPU.
     Every layer is counted, sliding-window layers included (module docstring).
     """
     _require_positive_int(tp, "tp")
+    layers = stage_layers(spec, pp)
     element_bytes = dtype_bytes(resolve_kv_dtype(spec, kv_dtype))
     if spec.attention == "mla":
         # The validator guarantees both MLA fields for attention == "mla".
         assert spec.kv_lora_rank is not None and spec.qk_rope_head_dim is not None
         latent_width = spec.kv_lora_rank + spec.qk_rope_head_dim
-        return math.ceil(spec.num_layers * latent_width * element_bytes)
+        return math.ceil(layers * latent_width * element_bytes)
     heads = kv_heads_per_gpu(spec, tp)
-    return math.ceil(2 * spec.num_layers * heads * spec.head_dim * element_bytes)
+    return math.ceil(2 * layers * heads * spec.head_dim * element_bytes)
 
 
 def estimate_overhead_bytes(hidden_size: int | None, max_num_seqs: int = 1) -> int:
@@ -197,6 +218,10 @@ def estimate_overhead_bytes(hidden_size: int | None, max_num_seqs: int = 1) -> i
 class MemoryPlan:
     """What one GPU of a ``tp``-GPU engine needs: weights + KV cache + overhead.
 
+    ``pp`` is the number of pipeline stages (pods) the model is split into; this engine holds
+    one: ``weights_bytes_stage`` of the ``weights_bytes_total`` (the whole model's), and the KV
+    cache of that stage's layers. ``pp = 1``: the whole model.
+
     ``kv_tokens`` is the KV budget in tokens (shared by all sequences);
     ``kv_bytes_per_gpu = kv_tokens x kv_bytes_per_token_per_gpu``.
     ``overhead_bytes_per_gpu`` is :func:`estimate_overhead_bytes`.
@@ -217,6 +242,13 @@ class MemoryPlan:
     required_bytes_per_gpu: int
     max_num_seqs: int = 1
     kv_known: bool = True
+    pp: int = 1
+    weights_bytes_stage: int = 0
+
+    def __post_init__(self) -> None:
+        # 0 (the default) means the whole model: a plan made without stages.
+        if self.weights_bytes_stage == 0:
+            object.__setattr__(self, "weights_bytes_stage", self.weights_bytes_total)
 
     def to_dict(self) -> dict[str, str | int | bool]:
         """Plain JSON-ready dict of every field (byte counts as exact integers)."""
@@ -235,8 +267,11 @@ def _assemble_plan(
     overhead: int,
     max_num_seqs: int,
     kv_known: bool,
+    pp: int = 1,
+    weights_stage: int | None = None,
 ) -> MemoryPlan:
-    weights_per_gpu = math.ceil(weights_total / tp)
+    stage = weights_total if weights_stage is None else weights_stage
+    weights_per_gpu = math.ceil(stage / tp)
     kv_per_gpu = kv_per_token * kv_tokens
     return MemoryPlan(
         model=model,
@@ -252,6 +287,8 @@ def _assemble_plan(
         required_bytes_per_gpu=weights_per_gpu + kv_per_gpu + overhead,
         max_num_seqs=max_num_seqs,
         kv_known=kv_known,
+        pp=pp,
+        weights_bytes_stage=stage,
     )
 
 
@@ -264,15 +301,19 @@ def plan_memory(
     kv_dtype: str | None = None,
     weights_bytes: int | None = None,
     max_num_seqs: int = 1,
+    pp: int = 1,
 ) -> MemoryPlan:
-    """Per-GPU memory plan for ``spec`` on ``tp`` GPUs with a KV budget of ``kv_tokens``.
+    """Per-GPU memory plan for ``spec`` on ``tp`` GPUs with a KV budget of ``kv_tokens``,
+    for one of ``pp`` pipeline stages (module docstring).
 
     ``dtype``/``kv_dtype`` ``None`` or ``"auto"`` take the model's defaults (module
     docstring). ``weights_bytes`` overrides the total weight size (the ``weights-bytes``
-    annotation). Raises ``ValueError`` for a non-positive ``tp``/``max_num_seqs``, a negative
-    ``kv_tokens``, a non-positive ``weights_bytes`` or an unknown dtype name.
+    annotation). Raises ``ValueError`` for a non-positive ``tp``/``max_num_seqs``/``pp``, a
+    ``pp`` above the layer count, a negative ``kv_tokens``, a non-positive ``weights_bytes``
+    or an unknown dtype name.
     """
     _require_positive_int(tp, "tp")
+    layers = stage_layers(spec, pp)
     _require_non_negative_int(kv_tokens, "kv_tokens")
     _require_positive_int(max_num_seqs, "max_num_seqs")
     weight_dtype = resolve_weight_dtype(spec, dtype)
@@ -282,30 +323,35 @@ def plan_memory(
     else:
         _require_positive_int(weights_bytes, "weights_bytes")
         weights_total = weights_bytes
+    stage = weights_total if pp == 1 else math.ceil(weights_total * layers / spec.num_layers)
     return _assemble_plan(
         model=spec.name,
         tp=tp,
         dtype=weight_dtype,
         kv_dtype=cache_dtype,
         weights_total=weights_total,
-        kv_per_token=kv_bytes_per_token(spec, cache_dtype, tp),
+        kv_per_token=kv_bytes_per_token(spec, cache_dtype, tp, pp),
         kv_tokens=kv_tokens,
         overhead=estimate_overhead_bytes(spec.hidden_size, max_num_seqs),
         max_num_seqs=max_num_seqs,
         kv_known=True,
+        pp=pp,
+        weights_stage=stage,
     )
 
 
 def plan_weights_only(
-    model: str, *, tp: int, weights_bytes: int, max_num_seqs: int = 1
+    model: str, *, tp: int, weights_bytes: int, max_num_seqs: int = 1, pp: int = 1
 ) -> MemoryPlan:
     """Plan for a model known only by its weight size (not in the catalog).
 
-    Weights and overhead (with an assumed hidden size, see :func:`estimate_overhead_bytes`)
-    are planned; the KV cache is unknown, so ``kv_known`` is False and the KV figures are 0.
+    Weights (``ceil(total / pp)`` for one of ``pp`` stages) and overhead (with an assumed
+    hidden size, see :func:`estimate_overhead_bytes`) are planned; the KV cache is unknown, so
+    ``kv_known`` is False and the KV figures are 0.
     """
     _require_positive_int(tp, "tp")
     _require_positive_int(weights_bytes, "weights_bytes")
+    _require_positive_int(pp, "pp")
     return _assemble_plan(
         model=model,
         tp=tp,
@@ -317,6 +363,8 @@ def plan_weights_only(
         overhead=estimate_overhead_bytes(None, max_num_seqs),
         max_num_seqs=max_num_seqs,
         kv_known=False,
+        pp=pp,
+        weights_stage=math.ceil(weights_bytes / pp),
     )
 
 
@@ -377,9 +425,10 @@ def _fit_reason(
         kv_part = f"KV {format_bytes(plan.kv_bytes_per_gpu)} for {plan.kv_tokens:,} tokens"
     else:
         kv_part = "KV unknown"
+    stage = f" of 1/{plan.pp} of the model" if plan.pp > 1 else ""
     needs = (
         f"needs {format_bytes(plan.required_bytes_per_gpu)}/GPU "
-        f"(weights {format_bytes(plan.weights_bytes_per_gpu)} + {kv_part} "
+        f"(weights {format_bytes(plan.weights_bytes_per_gpu)}{stage} + {kv_part} "
         f"+ overhead {format_bytes(plan.overhead_bytes_per_gpu)})"
     )
     budget = f"{format_bytes(usable)} usable ({utilization:.2f} × {format_bytes(gpu_memory_bytes)})"

@@ -1,10 +1,16 @@
 """The gang coordinator: all-or-nothing groups planned, held, adopted, released; writes as effects.
 
 A gang's first member to reach filter plans the whole group (`core.gang.plan_gang`) on the
-nodes offered; the plan reserves each unbound member's GPUs in the gang book
-(scheduler.state.gangs) until the member binds, the plan expires (`ttl_s`), or a member is
-deleted (then the group is planned again, unless the member was recreated under a new UID and
-takes its predecessor's reservation over).
+nodes offered, by the group's declared size: members that do not exist yet (a leader-first
+controller creates workers only once the leader is scheduled or Ready) are planned as *absent*
+members shaped like the present ones. The plan reserves each unbound member's GPUs in the gang
+book (scheduler.state.gangs) until the member binds, the plan expires (`ttl_s` for members
+that exist, `absent_ttl_s` for absent slots: long enough for a leader to pull its image, load
+its weights and turn Ready), or a member is deleted (then the group is planned again, unless
+the member was recreated under a new UID and takes its predecessor's reservation over). A
+member created after the plan claims an absent slot (its LWS worker-index, else any slot of
+its size planned for the same demand); one that fits no slot makes the group be planned again
+(members already bound keep their domain).
 
 Every method changes state only: it runs with the store's lock held and **returns** the API
 writes the change calls for (`effects.WriteReservation`: a member's reservation annotation
@@ -15,6 +21,7 @@ verb waiting for the lock.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
@@ -60,6 +67,7 @@ class GangCoordinator:
         scoring: ScoringConfig,
         clock: Callable[[], dt.datetime],
         ttl_s: float,
+        absent_ttl_s: float = 600.0,
     ) -> None:
         self.cache = cache
         self.pending = pending
@@ -67,6 +75,7 @@ class GangCoordinator:
         self.scoring = scoring
         self.clock = clock
         self.ttl_s = ttl_s
+        self.absent_ttl_s = absent_ttl_s
         self.book = GangBook(clock)
 
     # ---- queries -------------------------------------------------------------------------
@@ -152,7 +161,7 @@ class GangCoordinator:
         released = self.book.release(gang)
         for node in {r.reservation.node for r in released}:
             self.cache.rebuild(node)
-        return [_clear(r) for r in released]
+        return [_clear(r) for r in released if not r.absent]
 
     def expire(self) -> list[Effect]:
         effects: list[Effect] = []
@@ -172,6 +181,8 @@ class GangCoordinator:
         reserved = self.book.reservation(demand.uid)
         if reserved is None:
             reserved = self._adopt(demand, gang_id, effects)
+        if reserved is None:
+            reserved = self._claim(demand, gang_id, effects)
         if reserved is None:
             if self.book.plan(gang_id) is not None:
                 # A member the plan does not know (a replacement): plan the group again.
@@ -204,6 +215,72 @@ class GangCoordinator:
         )
         effects.append(_write(adopted))
         return adopted
+
+    def _claim(self, demand: PodDemand, gang_id: str, effects: list[Effect]) -> Reserved | None:
+        """A member created after its group was planned takes the absent slot planned for it."""
+        slot = self.book.slot_for(
+            gang_id,
+            name=demand.name,
+            gpus=demand.gpus,
+            index=demand.gang_index,
+            demand_key=demand.key,
+        )
+        if slot is None:
+            return None
+        expires = self.clock() + dt.timedelta(seconds=self.ttl_s)
+        member = Reserved(
+            demand.uid,
+            demand.namespace,
+            demand.name,
+            demand.gpus,
+            GpuReservation(gang_id, slot.reservation.node, slot.reservation.indices, expires),
+            index=slot.index,
+        )
+        self.book.claim(slot, member)
+        self.cache.rebuild(slot.reservation.node)
+        log.info(
+            "gang %s: %s takes the slot held for it on %s",
+            gang_id,
+            demand.ref,
+            slot.reservation.node,
+        )
+        effects.append(_write(member))
+        return member
+
+    def _absent_members(
+        self,
+        demand: PodDemand,
+        gang_id: str,
+        unbound: list[PodDemand],
+        bound: list[PodRecord],
+        missing: int,
+    ) -> list[GangMember]:
+        """Stand-ins for the `missing` members that do not exist yet: shaped like a present
+        worker (an unbound member whose index is not 0), else like the asking member; numbered
+        by the member indices nobody holds when the controller numbers its members (LWS)."""
+        template = next(
+            (d for d in unbound if d.gang_index is not None and d.gang_index != 0), demand
+        )
+        indices: list[int | None] = []
+        taken = {d.gang_index for d in unbound}
+        for record in bound:
+            obj = self.cache.pod_object(record.namespace, record.name)
+            if obj is not None:
+                taken.add(parse_demand(obj, self.catalog).gang_index)
+        if any(d.gang_index is not None for d in unbound):
+            size = len(unbound) + len(bound) + missing
+            free: list[int | None] = [i for i in range(size) if i not in taken]
+            indices = free[:missing]
+        indices += [None] * (missing - len(indices))
+        leader = next((d.name for d in unbound if d.gang_index == 0), None)
+        absent: list[GangMember] = []
+        for k, index in enumerate(indices):
+            number = index if index is not None else k + 1
+            name = f"{leader}-{index}" if leader and index is not None else f"(absent #{number})"
+            uid = f"absent:{gang_id}#{number}"
+            stand_in = dataclasses.replace(template, uid=uid, name=name, gang_index=index)
+            absent.append(GangMember(uid, name, stand_in))
+        return absent
 
     def _members(self, demand: PodDemand, gang_id: str) -> tuple[list[PodDemand], list[PodRecord]]:
         """(unbound members' demands, bound members) of the pod's group, as far as known.
@@ -263,8 +340,6 @@ class GangCoordinator:
                 "LeaderWorkerSet size annotation) on its members"
             )
         total = len(unbound) + len(bound)
-        if total < gang.size:
-            return f"gang {gang.key}: {total} of {gang.size} members exist; waiting for the rest"
         if total > gang.size:
             return f"gang {gang.key}: {total} members exist but kvsched.io/gang-size is {gang.size}"
         entries = self.cache.entries
@@ -278,23 +353,45 @@ class GangCoordinator:
             }
             nodes = [n for n in nodes if n.labels.get(key) in domains]
         members = [GangMember(d.uid, d.name, d) for d in sorted(unbound, key=lambda d: d.name)]
-        result = plan_gang(members, nodes, topology_key=key, config=self.scoring)
+        absent = self._absent_members(demand, gang_id, unbound, bound, gang.size - total)
+        result = plan_gang(members + absent, nodes, topology_key=key, config=self.scoring)
         if isinstance(result, GangFailure):
             return result.reason
-        expires = self.clock() + dt.timedelta(seconds=self.ttl_s)
-        reserved = [
-            Reserved(
-                p.uid,
-                gang.namespace,
-                p.name,
-                len(p.gpus),
-                GpuReservation(gang_id, p.node, p.gpus, expires),
+        moment = self.clock()
+        expires = moment + dt.timedelta(seconds=self.ttl_s)
+        absent_expires = moment + dt.timedelta(seconds=self.absent_ttl_s)
+        stand_ins = {m.uid: m.demand for m in absent}
+        present = {d.uid: d for d in unbound}
+        reserved: list[Reserved] = []
+        for p in result.placements:
+            stand_in = stand_ins.get(p.uid)
+            if stand_in is None:
+                reserved.append(
+                    Reserved(
+                        p.uid,
+                        gang.namespace,
+                        p.name,
+                        len(p.gpus),
+                        GpuReservation(gang_id, p.node, p.gpus, expires),
+                        index=present[p.uid].gang_index,
+                    )
+                )
+                continue
+            reserved.append(
+                Reserved(
+                    p.uid,
+                    gang.namespace,
+                    p.name,
+                    len(p.gpus),
+                    GpuReservation(gang_id, p.node, p.gpus, absent_expires),
+                    absent=True,
+                    index=stand_in.gang_index,
+                    demand_key=stand_in.key,
+                )
             )
-            for p in result.placements
-        ]
         self.book.record(gang_id, reserved)
         for node in {r.reservation.node for r in reserved}:
             self.cache.rebuild(node)
         log.info("gang %s planned: %s", gang.key, result.describe())
-        effects += [_write(r) for r in reserved]
+        effects += [_write(r) for r in reserved if not r.absent]
         return None

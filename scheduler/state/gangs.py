@@ -7,12 +7,21 @@ member's reservation ends when it binds (its own record then holds the GPUs), wh
 expires, or when any member of the group is deleted (the group is then planned again), unless
 a member recreated under a new UID (same name, same GPU count) took the reservation over.
 
+A plan made before every member exists (a leader-first controller: LeaderWorkerSet's
+`LeaderReady` start-up or exclusive topology creates workers only after the leader is
+scheduled or Ready) also holds *absent slots*: GPUs reserved for members not created yet
+(`Reserved.absent`, a synthetic uid, the slot's member index when the controller numbers its
+members). A member created later claims a slot (`claim`): the one of its index, else any of its
+GPU count planned for the same demand.
+
 A group is identified by its name and its members' controller (`objects.gang_identity`): a
 pod of another owner using the name is a group of its own, never a member. Terminating and
 finished pods are not members (a Terminating one still holds its GPUs until it is gone).
 
 Durability: in cluster mode the store writes each reservation on its member pod
 (`kvsched.io/reservation`), so a restarted extender finds the plans again in the pods it lists.
+Absent slots have no pod to be written on: they live here only, and a restarted extender plans
+the group again (by its declared size) when the next member reaches filter.
 """
 
 from __future__ import annotations
@@ -37,6 +46,13 @@ class Reserved:
     name: str
     gpus: int
     reservation: GpuReservation
+    # A slot for a member that does not exist yet (uid and name are placeholders).
+    absent: bool = False
+    # The member index the slot was planned for (LWS worker-index), when members are numbered.
+    index: int | None = None
+    # The demand key (`PodDemand.key`) an absent slot was planned for: a member claiming it
+    # must need the same, or the group is planned again.
+    demand_key: tuple[object, ...] | None = None
 
     def record(self) -> PodRecord:
         """The reservation as a pod record holding the GPUs on its node."""
@@ -101,11 +117,49 @@ class GangBook:
         return reserved
 
     def find(self, gang: str, namespace: str, name: str) -> Reserved | None:
-        """The plan's reservation for the pod of that name (whatever its UID)."""
+        """The plan's reservation for the pod of that name (whatever its UID); absent slots are
+        not pods and are never found here (see `claim`)."""
         for reserved in self._plans.get(gang, {}).values():
-            if reserved.namespace == namespace and reserved.name == name:
+            if not reserved.absent and reserved.namespace == namespace and reserved.name == name:
                 return reserved
         return None
+
+    def slot_for(
+        self,
+        gang: str,
+        *,
+        name: str,
+        gpus: int,
+        index: int | None,
+        demand_key: tuple[object, ...],
+    ) -> Reserved | None:
+        """The absent slot a newly created member takes: the slot of its member index if it
+        has one, else the slot planned under its name, else the first (by index, then name)
+        slot of its GPU count; only a slot planned for the same demand. None if none fits."""
+        slots = sorted(
+            (r for r in self._plans.get(gang, {}).values() if r.absent and r.gpus == gpus),
+            key=lambda r: (r.index is None, r.index or 0, r.name),
+        )
+        if index is not None and any(r.index == index for r in slots):
+            slots = [r for r in slots if r.index == index]
+        elif any(r.name == name for r in slots):
+            slots = [r for r in slots if r.name == name]
+        for slot in slots:
+            if slot.demand_key == demand_key:
+                return slot
+        return None
+
+    def claim(self, slot: Reserved, member: Reserved) -> Reserved:
+        """`member` takes the absent `slot` (same node and GPUs)."""
+        gang = self._gang_of.pop(slot.uid)
+        del self._plans[gang][slot.uid]
+        self._plans[gang][member.uid] = member
+        self._gang_of[member.uid] = gang
+        return member
+
+    def absent(self, gang: str) -> list[Reserved]:
+        """The plan's slots for members not created yet."""
+        return [r for r in self._plans.get(gang, {}).values() if r.absent]
 
     def adopt(self, old_uid: str, new_uid: str) -> Reserved | None:
         """A member recreated under a new UID takes over its earlier incarnation's

@@ -87,12 +87,16 @@ class ClusterStore:
         max_shapes: int = 1_000_000,
         pending_pods: int = 10_000,
         gang_ttl_s: float = 300.0,
+        gang_absent_ttl_s: float = 600.0,
         clock: Callable[[], dt.datetime] = now,
         bind_retry_wait_s: float = 2.0,
         effects: EffectRunner | None = None,
     ) -> None:
         """gang_ttl_s: how long a gang plan holds its GPUs for members that have not bound;
-        after that it is released and the group planned again. bind_retry_wait_s: how long a
+        after that it is released and the group planned again. gang_absent_ttl_s: how long a
+        plan holds GPUs for members that do not exist yet (a leader-first controller creates
+        them once the leader is scheduled or Ready: room for an image pull, a weight load and
+        a readiness probe). bind_retry_wait_s: how long a
         retried bind waits for an earlier bind of the same pod that is still under way
         (well inside kube-scheduler's 5 s extender timeout). effects: where reservation
         writes go (default: carried out inline, after the lock is released; cluster mode
@@ -110,7 +114,9 @@ class ClusterStore:
         self.memo = EvaluationMemo(scoring, self._lock, memo_pods, max_shapes)
         self.cache = NodeCache(catalog, self.memo, self._lock, self.quarantine, pending_pods)
         self.pending = PendingPods(self._lock, pending_pods)
-        self.gangs = GangCoordinator(self.cache, self.pending, catalog, scoring, clock, gang_ttl_s)
+        self.gangs = GangCoordinator(
+            self.cache, self.pending, catalog, scoring, clock, gang_ttl_s, gang_absent_ttl_s
+        )
         self.cache.reserved_on = self.gangs.records_on
         self.cache.on_put = self.gangs.track
         self.binds = BindCoordinator(

@@ -74,8 +74,8 @@ def test_contending_groups_one_whole_one_pending_whole(cluster: Cluster) -> None
 
 def test_deleting_a_member_releases_its_gpus_and_replans(cluster: Cluster) -> None:
     zones(cluster, {"a": 3})
-    # The held member first, so that the extender's watch has it when m0 is filtered (a
-    # member filtered before the group is complete waits for kube-scheduler's next retry).
+    # The held member first, so that the extender's watch has it when m0 is filtered (else
+    # m0 would plan it as an absent member and it would claim that slot: same outcome).
     cluster.pod("held", gpus=8, annotations=gang("g", 2), gated=True)
     time.sleep(1)
     cluster.pod("m0", gpus=8, annotations=gang("g", 2))

@@ -5,6 +5,7 @@ period). These prove the rig; gang semantics are tested elsewhere."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from typing import Any
@@ -216,3 +217,254 @@ def test_leaderworkerset_group_runs_on_two_kwok_nodes(
         wait_until(
             lambda: not pods(cluster, f"{LWS_NAME}={name}"), timeout=60, what="LWS pods gone"
         )
+
+
+# -- gangs made by the real LeaderWorkerSet controller ---------------------------------------
+
+ZONE = "topology.kubernetes.io/zone"
+PREDICTED = "kvsched.io/predicted-gpus"
+FAST_KWOK = {  # KWOK's per-pod stage delays (hack/kwok/stages/README.md): no random jitter
+    "pod-create.stage.kwok.x-k8s.io/delay": "200ms",
+    "pod-create.stage.kwok.x-k8s.io/jitter-delay": "300ms",
+    "pod-ready.stage.kwok.x-k8s.io/delay": "500ms",
+    "pod-ready.stage.kwok.x-k8s.io/jitter-delay": "1s",
+}
+
+
+def live(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
+    return [p for p in pods(cluster, selector) if not p["metadata"].get("deletionTimestamp")]
+
+
+def assert_groups_whole(
+    cluster: Cluster, items: list[dict[str, Any]], *, size: int, zone_of: dict[str, str]
+) -> dict[str, list[str]]:
+    """Every LWS group among `items` has `size` live members, all bound, in one zone; returns
+    group key -> nodes."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for pod in items:
+        groups.setdefault(pod["metadata"]["labels"][LWS_GROUP_KEY], []).append(pod)
+    placed: dict[str, list[str]] = {}
+    for key, members in groups.items():
+        names = sorted(p["metadata"]["name"] for p in members)
+        assert len(members) == size, f"group {key}: {names}"
+        nodes = [p["spec"].get("nodeName") for p in members]
+        assert all(nodes), f"group {key} partly bound: {dict(zip(names, nodes, strict=True))}"
+        assert len({zone_of[n] for n in nodes}) == 1, f"group {key} spans zones: {nodes}"
+        placed[key] = nodes
+    return placed
+
+
+def assert_no_gpu_twice(cluster: Cluster) -> None:
+    """No GPU index of any node is predicted for two live pods."""
+    everything = cluster.cp.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+    held: dict[str, list[int]] = {}
+    for pod in everything:
+        text = (pod["metadata"].get("annotations") or {}).get(PREDICTED)
+        phase = (pod.get("status") or {}).get("phase")
+        if text is None or not pod["spec"].get("nodeName") or phase in ("Succeeded", "Failed"):
+            continue
+        held.setdefault(pod["spec"]["nodeName"], []).extend(json.loads(text)["indices"])
+    for node, indices in held.items():
+        assert len(indices) == len(set(indices)), f"{node}: GPUs held twice: {sorted(indices)}"
+
+
+def lws_object(
+    cluster: Cluster,
+    name: str,
+    *,
+    size: int,
+    gpus: int,
+    startup: str | None = None,
+    replicas: int = 1,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    template = {
+        "metadata": {"labels": {"e2e-test": cluster.test_id}, "annotations": dict(FAST_KWOK)},
+        "spec": pod_spec(cluster, gpus),
+    }
+    spec: dict[str, Any] = {
+        "replicas": replicas,
+        "leaderWorkerTemplate": {"size": size, "workerTemplate": template},
+    }
+    if startup is not None:
+        spec["startupPolicy"] = startup
+    return {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": annotations or {}},
+        "spec": spec,
+    }
+
+
+def test_leader_ready_group_is_placed_whole_without_deadlock(
+    cluster: Cluster, lws_controller: LwsController, kwok: Component
+) -> None:
+    """startupPolicy LeaderReady: LWS creates the worker only once the leader is Ready.
+    kvsched plans the group by its declared size when the leader arrives, holds the worker's
+    room, and the worker lands there: both Running, one per node, one zone."""
+    zone_a = f"{cluster.test_id}-a"[:63]
+    zone_b = f"{cluster.test_id}-b"[:63]
+    zone_of = {
+        kwok_node(cluster, "lr-a1", gpus=8, labels={ZONE: zone_a}): zone_a,
+        kwok_node(cluster, "lr-b1", gpus=8, labels={ZONE: zone_b}): zone_b,
+        kwok_node(cluster, "lr-b2", gpus=8, labels={ZONE: zone_b}): zone_b,
+    }
+    name = "e2e-lws-ready"
+    selector = f"{LWS_NAME}={name}"
+    started = time.monotonic()
+    cluster.cp.request(
+        "POST", LWS_PATH, lws_object(cluster, name, size=2, gpus=8, startup="LeaderReady")
+    )
+    try:
+        running = wait_pods(
+            cluster, selector, 2, running_and_ready, timeout=120, what="leader and worker Ready"
+        )
+        elapsed = time.monotonic() - started
+        placed = assert_groups_whole(cluster, running, size=2, zone_of=zone_of)
+        (nodes,) = placed.values()
+        assert sorted(nodes) == sorted(n for n, z in zone_of.items() if z == zone_b), nodes
+        assert_no_gpu_twice(cluster)
+        # LeaderReady was in force: the worker was created only once the leader was Ready.
+        by_index = {p["metadata"]["labels"][LWS_WORKER_INDEX]: p for p in running}
+        ready_at = next(
+            c["lastTransitionTime"]
+            for c in by_index["0"]["status"]["conditions"]
+            if c["type"] == "Ready"
+        )
+        assert by_index["1"]["metadata"]["creationTimestamp"] >= ready_at, (ready_at, by_index)
+        print(f"LeaderReady group of 2 x 8 GPUs Running+Ready in {elapsed:.1f}s")
+        assert elapsed < 90
+    finally:
+        delete(cluster, f"{LWS_PATH}/{name}")
+        wait_until(lambda: not pods(cluster, selector), timeout=60, what="LWS pods gone")
+
+
+def test_rolling_update_with_slow_termination_and_a_competing_pod(
+    cluster: Cluster, lws_controller: LwsController, kwok: Component
+) -> None:
+    """A LWS group (2 x 8 GPUs) on three 8-GPU nodes of one zone is updated (its template
+    changes): the old members stay Terminating for their grace period (KWOK removes them at
+    their deletionTimestamp) while the new incarnation's members arrive and an unrelated
+    8-GPU pod competes for the same nodes. The group ends whole in one zone, the competitor
+    runs, no GPU is held twice, in bounded time."""
+    zone = f"{cluster.test_id}-ru"[:63]
+    zone_of = {kwok_node(cluster, f"ru-{i}", gpus=8, labels={ZONE: zone}): zone for i in range(3)}
+    name = "e2e-lws-roll"
+    selector = f"{LWS_NAME}={name}"
+    lws = lws_object(cluster, name, size=2, gpus=8)
+    template = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]
+    template["spec"]["terminationGracePeriodSeconds"] = 8
+    cluster.cp.request("POST", LWS_PATH, lws)
+    competitor = f"{cluster.test_id}-rival"[:63]
+    try:
+        first = wait_pods(cluster, selector, 2, running_and_ready, timeout=120, what="group v1")
+        old_uids = {p["metadata"]["uid"] for p in first}
+        assert_groups_whole(cluster, first, size=2, zone_of=zone_of)
+
+        started = time.monotonic()
+        patch = {
+            "spec": {
+                "leaderWorkerTemplate": {
+                    "workerTemplate": {"metadata": {"labels": {"revision": "two"}}}
+                }
+            }
+        }
+        cluster.cp.request(
+            "PATCH", f"{LWS_PATH}/{name}", patch, content_type="application/merge-patch+json"
+        )
+        wait_until(
+            lambda: any(p["metadata"].get("deletionTimestamp") for p in pods(cluster, selector)),
+            timeout=30,
+            what="old members Terminating",
+        )
+        rival = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": competitor,
+                "namespace": NAMESPACE,
+                "labels": {"e2e-test": cluster.test_id},
+                "annotations": dict(FAST_KWOK),
+            },
+            "spec": pod_spec(cluster, 8),
+        }
+        cluster.cp.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", rival)
+
+        def settled() -> bool:
+            members = live(cluster, selector)
+            fresh = [p for p in members if p["metadata"]["uid"] not in old_uids]
+            rival_now = cluster.cp.request(
+                "GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{competitor}"
+            )
+            return (
+                len(fresh) == 2
+                and len(members) == 2
+                and all(running_and_ready(p) for p in fresh)
+                and running_and_ready(rival_now)
+            )
+
+        try:
+            wait_until(settled, timeout=150, interval=0.25, what="group v2 and the rival Ready")
+        except TimeoutError as exc:
+            raise AssertionError(
+                f"{exc}\n{describe(cluster.cp, NAMESPACE, 'e2e-test=' + cluster.test_id)}"
+            ) from exc
+        elapsed = time.monotonic() - started
+        final = live(cluster, selector)
+        assert all(p["metadata"]["labels"].get("revision") == "two" for p in final), final
+        placed = assert_groups_whole(cluster, final, size=2, zone_of=zone_of)
+        (nodes,) = placed.values()
+        rival_node = cluster.cp.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{competitor}")[
+            "spec"
+        ]["nodeName"]
+        assert len(set(nodes)) == 2 and rival_node not in nodes, (nodes, rival_node)
+        assert_no_gpu_twice(cluster)
+        print(f"rolling update with an 8 s grace period and a rival settled in {elapsed:.1f}s")
+        assert elapsed < 120
+    finally:
+        delete(cluster, f"/api/v1/namespaces/{NAMESPACE}/pods/{competitor}")
+        delete(cluster, f"{LWS_PATH}/{name}")
+        wait_until(lambda: not pods(cluster, selector), timeout=60, what="LWS pods gone")
+
+
+def test_exclusive_topology_groups_each_take_a_zone_without_deadlock(
+    cluster: Cluster, lws_controller: LwsController, kwok: Component
+) -> None:
+    """`leaderworkerset.sigs.k8s.io/exclusive-topology: zone`, 2 replicas of 2 x 8 GPUs, two
+    zones of two 8-GPU nodes: LWS creates workers only once their leader is scheduled, gives
+    workers affinity to the leader's zone and groups anti-affinity to each other. kvsched
+    plans each group by its size in one zone (the LWS key is its topology key): both groups
+    whole, one zone each, different zones."""
+    zones = [f"{cluster.test_id}-x{i}"[:63] for i in range(2)]
+    zone_of = {
+        kwok_node(cluster, f"ex-{i}{j}", gpus=8, labels={ZONE: zone}): zone
+        for i, zone in enumerate(zones)
+        for j in range(2)
+    }
+    name = "e2e-lws-excl"
+    selector = f"{LWS_NAME}={name}"
+    started = time.monotonic()
+    lws = lws_object(
+        cluster,
+        name,
+        size=2,
+        gpus=8,
+        replicas=2,
+        annotations={"leaderworkerset.sigs.k8s.io/exclusive-topology": ZONE},
+    )
+    cluster.cp.request("POST", LWS_PATH, lws)
+    try:
+        running = wait_pods(
+            cluster, selector, 4, running_and_ready, timeout=120, what="2 groups Running+Ready"
+        )
+        elapsed = time.monotonic() - started
+        placed = assert_groups_whole(cluster, running, size=2, zone_of=zone_of)
+        assert len(placed) == 2
+        used = [{zone_of[n] for n in nodes} for nodes in placed.values()]
+        assert used[0] != used[1], placed
+        assert_no_gpu_twice(cluster)
+        print(f"exclusive-topology: 2 groups of 2 x 8 GPUs Running+Ready in {elapsed:.1f}s")
+        assert elapsed < 90
+    finally:
+        delete(cluster, f"{LWS_PATH}/{name}")
+        wait_until(lambda: not pods(cluster, selector), timeout=60, what="LWS pods gone")

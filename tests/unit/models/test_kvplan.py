@@ -297,3 +297,34 @@ def test_max_kv_tokens_agrees_with_fits(
     beyond = fit_on_gpu(plan_memory(spec, tp=tp, kv_tokens=limit + 1), memory, utilization)
     assert not beyond.fits
     assert beyond.headroom_bytes < 0
+
+
+# -- pipeline stages ------------------------------------------------------------------------
+
+
+def test_a_pipeline_stage_holds_its_layers_weights_and_kv() -> None:
+    whole = plan_memory(LLAMA_70B, tp=8, kv_tokens=8192)
+    half = plan_memory(LLAMA_70B, tp=8, kv_tokens=8192, pp=2)
+    assert (whole.pp, half.pp) == (1, 2)
+    assert half.weights_bytes_total == whole.weights_bytes_total
+    assert whole.weights_bytes_stage == whole.weights_bytes_total
+    assert half.weights_bytes_stage == whole.weights_bytes_total // 2  # 80 layers, 40 each
+    assert half.kv_bytes_per_token_per_gpu * 2 == whole.kv_bytes_per_token_per_gpu
+    assert half.overhead_bytes_per_gpu == whole.overhead_bytes_per_gpu
+    # Uneven splits plan every stage as the largest: 80 layers over 3 stages -> 27.
+    third = plan_memory(LLAMA_70B, tp=8, kv_tokens=8192, pp=3)
+    assert third.weights_bytes_stage == math.ceil(whole.weights_bytes_total * 27 / 80)
+    assert "1/3 of the model" in fit_on_gpu(third, 80 * GIB).reason
+
+
+def test_pipeline_stages_beyond_the_layer_count_are_rejected() -> None:
+    with pytest.raises(ValueError, match="exceeds the model's 80 layers"):
+        plan_memory(LLAMA_70B, tp=8, kv_tokens=0, pp=81)
+    with pytest.raises(ValueError, match="pp must be"):
+        plan_memory(LLAMA_70B, tp=8, kv_tokens=0, pp=0)
+
+
+def test_weights_only_plan_splits_over_stages() -> None:
+    plan = plan_weights_only("x/unknown", tp=4, weights_bytes=10 * GIB + 1, pp=2)
+    assert plan.weights_bytes_stage == 5 * GIB + 1
+    assert plan.weights_bytes_per_gpu == math.ceil((5 * GIB + 1) / 4)

@@ -84,9 +84,18 @@ def test_a_pod_of_another_owner_using_the_gangs_name_does_not_count() -> None:
         assert len(passed) == 1, failed
         planned[m["metadata"]["name"]] = passed[0]
     assert len(set(planned.values())) == 2
-    # The outsiders are groups of their own (of their own owner), not members of this one.
+    # The outsiders are groups of their own (of their own owner), not members of this one:
+    # the intruder's group (itself and a slot for its absent second member) is planned on the
+    # two nodes the group left free, and the group's plan is untouched.
     passed, failed = schedule(store, outsiders[0])
-    assert passed == [] and all("1 of 2 members" in r for r in failed.values()), failed
+    assert len(passed) == 1 and passed[0] not in planned.values(), failed
+    intruder = store.reservation(outsiders[0]["metadata"]["uid"])
+    assert intruder is not None and intruder.reservation.gang == "llm/g"  # no owner: the name
+    slots = store.gangs.book.absent("llm/g")
+    assert len(slots) == 1 and slots[0].reservation.node not in planned.values()
+    for m in members:
+        reserved = store.reservation(m["metadata"]["uid"])
+        assert reserved is not None and reserved.reservation.gang == "llm/g@job-uid"
 
 
 def test_terminating_and_finished_pods_are_not_members_but_terminating_gpus_stay_held() -> None:

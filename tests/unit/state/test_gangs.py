@@ -115,11 +115,21 @@ def test_two_contending_groups_one_whole_one_waiting_whole() -> None:
         assert "gang llm/second" in reason and "3" in reason
 
 
-def test_group_waits_until_every_member_exists() -> None:
+def test_group_is_planned_by_its_declared_size_before_every_member_exists() -> None:
     store = store_with(ZONES, [member("m0"), member("m1")])
     passed, failed = schedule(store, member("m0"))
-    assert passed == []
-    assert set(failed.values()) == {"gang llm/g: 2 of 4 members exist; waiting for the rest"}
+    assert len(passed) == 1, failed
+    # Two members exist: the other two are held as absent slots, in the same zone (only zone
+    # b holds four 8-GPU members).
+    assert store.reservation_count() == 4
+    placed = {passed[0]}
+    for name in ("m1", "m2", "m3"):
+        p = member(name)
+        store.upsert_pod(p)
+        passed, failed = schedule(store, p)
+        assert len(passed) == 1, failed
+        placed.add(passed[0])
+    assert len(placed) == 4 and {n[0] for n in placed} == {"b"}
 
 
 def test_deleting_a_member_releases_the_plan_and_the_group_is_planned_again() -> None:
@@ -127,14 +137,17 @@ def test_deleting_a_member_releases_the_plan_and_the_group_is_planned_again() ->
     store = store_with(ZONES, members)
     schedule(store, members[0])
     store.delete_pod(members[3]["metadata"]["uid"])
-    # Released: the reserved GPUs are free again, and three members cannot form the group.
+    # Released: the reserved GPUs are free again; the group is planned again by its declared
+    # size (three members and a slot for the fourth), and the replacement takes the slot.
     assert all(len(store.node(n).free_gpus) == 8 for n in store.node_names())  # type: ignore[union-attr]
     passed, failed = schedule(store, members[0])
-    assert passed == [] and "3 of 4 members exist" in next(iter(failed.values()))
+    assert len(passed) == 1, failed
     replacement = member("m4")
     store.upsert_pod(replacement)
     passed, _ = schedule(store, replacement)
     assert len(passed) == 1
+    assert store.reservation(replacement["metadata"]["uid"]) is not None
+    assert store.reservation_count() == 4
 
 
 def test_plan_expires_and_frees_its_gpus() -> None:
