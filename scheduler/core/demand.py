@@ -153,6 +153,7 @@ class PodDemand:
         if self.plan is not None:
             plan_key = (
                 self.plan.weights_bytes_total,
+                self.plan.weights_bytes_stage,
                 self.plan.required_bytes_per_gpu,
                 self.plan.kv_tokens,
             )

@@ -224,6 +224,7 @@ def _cold_start(demand: PodDemand, node: NodeState, config: ScoringConfig) -> Co
     copy = node.residency(demand.model, demand.revision)
     tier = copy.tier if copy is not None else Tier.NETWORK
     bandwidth = node.bandwidth.for_tier(tier)
-    weights = demand.plan.weights_bytes_total
+    # A pipeline stage loads only its share of the weights (the whole model when pp = 1).
+    weights = demand.plan.weights_bytes_stage
     load = weights / bandwidth
     return ColdStart(tier, bandwidth, weights, load, config.engine_init_seconds + load)

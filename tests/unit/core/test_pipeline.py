@@ -154,3 +154,21 @@ def test_a_plain_gang_member_holds_its_share_by_default() -> None:
     assert member.plan.pp == 4 and replica.plan.pp == 1
     assert member.plan.required_bytes_per_gpu < replica.plan.required_bytes_per_gpu
     assert member.key != replica.key
+
+
+def test_a_stage_loads_only_its_share_of_the_weights() -> None:
+    model = {
+        "kvsched.io/model": "meta-llama/Llama-3.1-70B-Instruct",
+        "kvsched.io/max-model-len": "8192",
+    }
+    whole = pod("whole", gpus=8, annotations=model)
+    staged = pod(
+        "staged",
+        gpus=8,
+        annotations={**model, "kvsched.io/gang": "g", "kvsched.io/gang-size": "2"},
+    )
+    node = h100_node("n")
+    loads = [evaluate(parse_demand(p, CATALOG), node).cold_start for p in (whole, staged)]
+    assert loads[0] is not None and loads[1] is not None
+    assert abs(2 * loads[1].weights_bytes - loads[0].weights_bytes) < 0.03 * loads[0].weights_bytes
+    assert loads[1].load_seconds < loads[0].load_seconds
