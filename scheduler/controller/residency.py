@@ -355,10 +355,10 @@ def _use_of(
 
 def _assigned(record: PodRecord) -> tuple[int, ...]:
     """The pod's assigned GPU indices on its own node (() without a usable annotation)."""
-    assignment = record.assignment
-    if assignment is None or assignment.node != record.node:
+    prediction = record.prediction
+    if prediction is None or prediction.node != record.node:
         return ()
-    return tuple(sorted(assignment.indices))
+    return tuple(sorted(prediction.indices))
 
 
 def _weights_override(raw: object) -> int | None:

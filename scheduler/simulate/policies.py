@@ -99,7 +99,7 @@ class KvschedPolicy:
             ]
             node = _pick(sim, result.passed, totals)
             bound = store.bind(NAMESPACE, pod.name, pod.uid, node)
-            sim.commit(pod, demand, node, predicted=bound.assignment.indices)
+            sim.commit(pod, demand, node, predicted=bound.prediction.indices)
 
 
 @dataclass

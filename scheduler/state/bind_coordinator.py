@@ -42,7 +42,7 @@ from topology.deviceplugin import predict_allocation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BindCoordinator", "gpu_assignment"]
+__all__ = ["BindCoordinator", "gpu_prediction"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class _BindCall:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-def gpu_assignment(node: str, state: NodeState, indices: tuple[int, ...]) -> GpuPrediction:
+def gpu_prediction(node: str, state: NodeState, indices: tuple[int, ...]) -> GpuPrediction:
     """The chosen GPUs with their UUIDs where the node's inventory knows them."""
     topology = state.topology
     uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
@@ -95,16 +95,16 @@ class BindCoordinator:
                                 f"pod {namespace}/{name} is already bound to {existing.node}, "
                                 f"not {node_name}"
                             )
-                        if existing.assignment is not None:
+                        if existing.prediction is not None:
                             return BindResult(
-                                existing.assignment, "already bound", already_bound=True
+                                existing.prediction, "already bound", already_bound=True
                             )
                     reserved = self.gangs.reservation(uid)
                     if reserved is not None:
                         record, placement = self._claim_reserved(reserved, node_name)
                     else:
                         record, placement = self._claim(namespace, name, uid, node_name)
-                    assert record.assignment is not None
+                    assert record.prediction is not None
                     mine = self._in_flight[uid] = _BindCall()
                     self.cache.assume(record)
                     break
@@ -115,21 +115,21 @@ class BindCoordinator:
                 )
             # Done: succeeded (the record says so now) or failed (GPUs given back): look again.
         try:
-            recorded = self.binder.bind(record, record.assignment, placement)
-            if recorded is not None and recorded != record.assignment:
+            recorded = self.binder.bind(record, record.prediction, placement)
+            if recorded is not None and recorded != record.prediction:
                 # Bound before, by a call whose answer was lost: the GPUs that binding wrote
                 # on the pod are the ones it holds, not the ones chosen just now.
                 with lock:
                     if self.cache.pods.get(uid) is record:
-                        self.cache.assume(dataclasses.replace(record, assignment=recorded))
+                        self.cache.assume(dataclasses.replace(record, prediction=recorded))
                 return BindResult(recorded, "already bound", already_bound=True)
         except BindError:
             with lock:
                 seen = self.cache.forget(record, existing)
-                if seen is not None and seen.node == node_name and seen.assignment is not None:
+                if seen is not None and seen.node == node_name and seen.prediction is not None:
                     # The watch showed the pod bound while the call was under way.
                     log.info("bind %s: the call failed, but the pod is bound", seen.ref)
-                    return BindResult(seen.assignment, "bound", already_bound=True)
+                    return BindResult(seen.prediction, "bound", already_bound=True)
                 if reserved is not None:
                     self.gangs.book.restore(reserved)
                 self.cache.rebuild(node_name)
@@ -138,7 +138,7 @@ class BindCoordinator:
             with lock:
                 del self._in_flight[uid]
             mine.done.set()
-        return BindResult(record.assignment, placement, already_bound=False)
+        return BindResult(record.prediction, placement, already_bound=False)
 
     def _claim(self, namespace: str, name: str, uid: str, node_name: str) -> tuple[PodRecord, str]:
         demand = self.pending.demand(uid)
@@ -165,7 +165,7 @@ class BindCoordinator:
             name=name,
             node=node_name,
             gpus=demand.gpus,
-            assignment=gpu_assignment(node_name, entry.state, evaluation.gpus),
+            prediction=gpu_prediction(node_name, entry.state, evaluation.gpus),
             model=demand.model,
             phase="Pending",
             gang=demand.gang.key if demand.gang is not None else None,
@@ -199,7 +199,7 @@ class BindCoordinator:
             name=reserved.name,
             node=node_name,
             gpus=len(plan.indices),
-            assignment=gpu_assignment(node_name, entry.state, indices),
+            prediction=gpu_prediction(node_name, entry.state, indices),
             model=None,
             phase="Pending",
             gang=gang_key(plan.gang),

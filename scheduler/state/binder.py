@@ -36,10 +36,10 @@ class ApiBinder:
             raise BindError(f"cannot record reservation on pod {namespace}/{name}: {exc}") from None
 
     def bind(
-        self, pod: PodRecord, assignment: GpuPrediction, placement: str
+        self, pod: PodRecord, prediction: GpuPrediction, placement: str
     ) -> GpuPrediction | None:
-        node = assignment.node
-        annotations = {A_PREDICTED_GPUS: assignment.encode(), A_PLACEMENT: placement}
+        node = prediction.node
+        annotations = {A_PREDICTED_GPUS: prediction.encode(), A_PLACEMENT: placement}
         try:
             self.api.bind_pod(pod.namespace, pod.name, pod.uid, node, annotations)
         except ConflictError:
@@ -48,7 +48,7 @@ class ApiBinder:
             current = pod_record(self.api.get_pod(pod.namespace, pod.name))
             if current.uid == pod.uid and current.node == node:
                 log.info("pod %s was already bound to %s", pod.ref, node)
-                return current.assignment
+                return current.prediction
             raise BindError(
                 f"pod {pod.ref} is bound to {current.node or 'nothing'} (uid {current.uid}), "
                 f"not {node}"
@@ -57,5 +57,5 @@ class ApiBinder:
             raise BindError(f"pod {pod.ref} no longer exists") from None
         except KubeError as exc:
             raise BindError(f"binding pod {pod.ref} to {node} failed: {exc}") from None
-        log.info("bound %s to %s gpus=%s (%s)", pod.ref, node, list(assignment.indices), placement)
+        log.info("bound %s to %s gpus=%s (%s)", pod.ref, node, list(prediction.indices), placement)
         return None

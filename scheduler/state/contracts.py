@@ -53,7 +53,7 @@ class FilterResult:
 
 @dataclass(frozen=True, slots=True)
 class BindResult:
-    assignment: GpuPrediction
+    prediction: GpuPrediction
     placement: str
     already_bound: bool
 
@@ -63,9 +63,9 @@ class Binder(Protocol):
     mode posts pods/binding and annotates pods."""
 
     def bind(
-        self, pod: PodRecord, assignment: GpuPrediction, placement: str
+        self, pod: PodRecord, prediction: GpuPrediction, placement: str
     ) -> GpuPrediction | None:
-        """Bind `pod` with `assignment`. Returns None, or, when the API server had bound the
+        """Bind `pod` with `prediction`. Returns None, or, when the API server had bound the
         pod already (an earlier call that went through), the GPUs that binding recorded."""
         ...
 
@@ -87,9 +87,9 @@ class InMemoryBinder:
     """Offline mode: the store's own record is the only record."""
 
     def bind(
-        self, pod: PodRecord, assignment: GpuPrediction, placement: str
+        self, pod: PodRecord, prediction: GpuPrediction, placement: str
     ) -> GpuPrediction | None:
-        log.info("bound %s to %s gpus=%s (%s)", pod.ref, pod.node, assignment.indices, placement)
+        log.info("bound %s to %s gpus=%s (%s)", pod.ref, pod.node, prediction.indices, placement)
         return None
 
     def reserve(self, namespace: str, name: str, reservation: GpuReservation | None) -> None:

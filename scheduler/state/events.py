@@ -129,7 +129,7 @@ def placement_note(node: str, result: BindResult) -> str:
     """E.g. `Placed on gpu-7, predicted GPUs 0,1,2,3: weights=host-memory ready~46s
     set=nvlink-complete headroom=18.3 GiB/gpu`, from the placement summary the bind recorded
     on the pod. "Predicted": the node's device plugin picks the GPUs, kvsched foresees them."""
-    indices = ",".join(map(str, result.assignment.indices))
+    indices = ",".join(map(str, result.prediction.indices))
     # The summary starts with the GPUs, which the sentence already names.
     detail = result.placement.removeprefix(f"predicted-gpus={indices}").strip()
     gpus = f"predicted GPUs {indices}" if indices else "no GPUs"
@@ -257,8 +257,8 @@ class EventRecorder:
     # ---- offered by the verbs (hot path: no I/O, no message building) --------------------
 
     def placed(self, namespace: str, name: str, uid: str, result: BindResult) -> None:
-        node = result.assignment.node
-        key = (namespace, name, uid, PLACED, (node, result.assignment.indices))
+        node = result.prediction.node
+        key = (namespace, name, uid, PLACED, (node, result.prediction.indices))
         if not self._admit(key, PLACED):
             return
         note = functools.partial(placement_note, node, result)

@@ -63,7 +63,7 @@ class Reserved:
             name=self.name,
             node=node,
             gpus=len(self.reservation.indices),
-            assignment=GpuPrediction(node, self.reservation.indices),
+            prediction=GpuPrediction(node, self.reservation.indices),
             model=None,
             phase=RESERVED_PHASE,
             gang=gang_key(self.reservation.gang),

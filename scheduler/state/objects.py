@@ -56,7 +56,7 @@ class PodRecord:
     name: str
     node: str | None
     gpus: int
-    assignment: GpuPrediction | None
+    prediction: GpuPrediction | None
     model: str | None
     phase: str
     gang: str | None = None  # "namespace/name" of its all-or-nothing group
@@ -176,7 +176,7 @@ def read_pod(pod: object) -> tuple[PodRecord, Problem | None]:
         name=name,
         node=node,
         gpus=gpus,
-        assignment=None,
+        prediction=None,
         model=None,
         phase=phase,
         owner=controller_uid(meta),
@@ -208,11 +208,11 @@ def _with_annotations(
             if not isinstance(value, str):
                 return base, Problem(BAD_ANNOTATION, f"{key} is not a string")
             annotations[key] = value
-    assignment = None
+    prediction = None
     key = A_PREDICTED_GPUS if A_PREDICTED_GPUS in annotations else A_LEGACY_ASSIGNED_GPUS
     if key in annotations:
         try:
-            assignment = GpuPrediction.decode(annotations[key])
+            prediction = GpuPrediction.decode(annotations[key])
         except (ValueError, RecursionError) as exc:
             return base, Problem(BAD_ANNOTATION, f"{key}={clip(annotations[key], 64)!r}: {exc}")
     reservation = None
@@ -231,7 +231,7 @@ def _with_annotations(
     gang = gang_of(pod)
     return dataclasses.replace(
         base,
-        assignment=assignment,
+        prediction=prediction,
         model=annotations.get(A_MODEL),
         gang=gang.key if gang is not None else None,
         gang_id=gang_identity(gang.key, gang.source, base.owner) if gang is not None else None,
@@ -366,7 +366,7 @@ def node_state_from(facts: NodeFacts, pods: Iterable[PodRecord]) -> NodeState:
     for pod in pods:
         if not pod.holds_gpus or pod.node != name:
             continue
-        prediction = pod.assignment
+        prediction = pod.prediction
         predicted = (
             prediction.indices
             if prediction is not None

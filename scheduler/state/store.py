@@ -240,11 +240,11 @@ class ClusterStore:
         return self.gangs.reservation_count()
 
     def allocations(self) -> dict[str, GpuPrediction]:
-        """Pod ref -> assignment, for every pod holding indexed GPUs."""
+        """Pod ref -> prediction, for every pod holding indexed GPUs."""
         return {
-            pod.ref: pod.assignment
+            pod.ref: pod.prediction
             for pod in self.cache.pods.values()
-            if pod.holds_gpus and pod.assignment is not None
+            if pod.holds_gpus and pod.prediction is not None
         }
 
     def demand(self, pod: Mapping[str, Any]) -> PodDemand:

@@ -44,10 +44,10 @@ def test_bind_after_filter_records_the_gpus(client: TestClient, store: ClusterSt
     assert bind_call(client, "vllm-0", "gpu-a") == {"Error": ""}
     record = store.pod("uid-llm-vllm-0")
     assert record is not None and record.node == "gpu-a"
-    assert record.assignment is not None and len(record.assignment.indices) == 4
+    assert record.prediction is not None and len(record.prediction.indices) == 4
     state = store.node("gpu-a")
     assert state is not None
-    assert state.free_gpus == frozenset(range(8)) - set(record.assignment.indices)
+    assert state.free_gpus == frozenset(range(8)) - set(record.prediction.indices)
     # The next 8-GPU pod no longer fits gpu-a, but still fits gpu-b.
     result = filter_call(client, pod("whole", gpus=8), ["gpu-a", "gpu-b"])
     assert result["NodeNames"] == ["gpu-b"]
@@ -61,7 +61,7 @@ def test_bind_retry_is_idempotent(client: TestClient, store: ClusterStore) -> No
     assert bind_call(client, "p", "gpu-a") == {"Error": ""}
     second = store.pod("uid-llm-p")
     assert first is not None and second is not None
-    assert first.assignment == second.assignment
+    assert first.prediction == second.prediction
     metrics = client.get("/metrics").text
     assert 'kvsched_binds_total{result="bound"} 1.0' in metrics
     assert 'kvsched_binds_total{result="already_bound"} 1.0' in metrics

@@ -62,8 +62,8 @@ def test_concurrent_schedulers_never_double_book_a_gpu(make_client: Any) -> None
 
     assert len(outcomes) == 2 * PODS_PER_SCHEDULER
     held: dict[str, list[int]] = defaultdict(list)
-    for assignment in store.allocations().values():
-        held[assignment.node].extend(assignment.indices)
+    for prediction in store.allocations().values():
+        held[prediction.node].extend(prediction.indices)
     for node, indices in held.items():
         assert len(indices) == len(set(indices)), f"{node}: a GPU assigned twice: {indices}"
         assert all(0 <= i < 8 for i in indices)

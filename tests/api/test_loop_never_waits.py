@@ -62,7 +62,7 @@ class StallingBinder:
         self.binds: list[str] = []
 
     def bind(
-        self, pod: PodRecord, assignment: GpuPrediction, placement: str
+        self, pod: PodRecord, prediction: GpuPrediction, placement: str
     ) -> GpuPrediction | None:
         time.sleep(STALL_S)
         with self.lock:

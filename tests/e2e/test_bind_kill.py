@@ -137,8 +137,8 @@ def test_extender_killed_before_its_binding_reaches_the_api_server(
     resumed = restart.done()
 
     assert pod["spec"]["nodeName"] == node
-    victim = assignment(pod)
-    before = assignment(cluster.get_pod("before"))
+    victim = prediction(pod)
+    before = prediction(cluster.get_pod("before"))
     assert victim["node"] == before["node"] == node
     assert len(victim["indices"]) == len(before["indices"]) == 4
     assert set(victim["indices"]).isdisjoint(before["indices"]), (victim, before)
@@ -186,8 +186,8 @@ def test_extender_killed_after_the_api_server_bound_the_pod(cluster: Cluster, ri
     victim_pod = cluster.get_pod("victim")
     assert victim_pod["spec"]["nodeName"] == node
     assert victim_pod["metadata"]["annotations"][ASSIGNED] == written  # not bound a second time
-    victim = assignment(victim_pod)
-    after = assignment(cluster.get_pod("after"))
+    victim = prediction(victim_pod)
+    after = prediction(cluster.get_pod("after"))
     assert victim["node"] == after["node"] == node
     assert len(victim["indices"]) == len(after["indices"]) == 4
     assert set(victim["indices"]).isdisjoint(after["indices"]), (victim, after)
@@ -237,7 +237,7 @@ def test_extender_killed_in_a_bind_call_slower_than_the_scheduler_timeout(
     pod = cluster.wait_bound("victim", timeout=RESUME_WITHIN_S)
     print(f"(c) pod bound {restart.done():.1f}s after the restart")
     assert pod["spec"]["nodeName"] == node
-    assert len(assignment(pod)["indices"]) == 4
+    assert len(prediction(pod)["indices"]) == 4
 
 
 def kill_in_call(rig: Rig, trap: Trap) -> float:
@@ -287,7 +287,7 @@ class Restart:
         return time.monotonic() - self.started
 
 
-def assignment(pod: dict[str, Any]) -> dict[str, Any]:
+def prediction(pod: dict[str, Any]) -> dict[str, Any]:
     value: dict[str, Any] = json.loads(pod["metadata"]["annotations"][ASSIGNED])
     return value
 

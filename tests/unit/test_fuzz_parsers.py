@@ -2,7 +2,7 @@
 message; they never raise anything else and never hang.
 
 Case counts are fixed (settings below) so that the number of cases run is known:
-demand 600, topology 400, catalog 400, wire 400, assignment 300; hostile sizes and nesting:
+demand 600, topology 400, catalog 400, wire 400, prediction 300; hostile sizes and nesting:
 quantities 400, JSON depth 400, deep annotations and bodies 100.
 """
 

@@ -148,8 +148,8 @@ def test_kvsched_binds_its_prediction_and_the_store_counts_the_kubelets_gpus() -
     assert state.free_gpus == frozenset(range(8)) - set(placed.gpu_ids)
     assert set(placed.predicted_ids) - set(placed.gpu_ids) <= state.free_gpus
     record = sim.store.pod(first.uid)
-    assert record is not None and record.assignment is not None
-    assert tuple(record.assignment.indices) == placed.predicted_ids  # the annotation stays
+    assert record is not None and record.prediction is not None
+    assert tuple(record.prediction.indices) == placed.predicted_ids  # the annotation stays
     # The next pod is predicted and placed on what is really free.
     second = pod("second", 6)
     sim.outcomes[second.name] = PodOutcome(second.name, second.replica, 6, second.model, None, 1)

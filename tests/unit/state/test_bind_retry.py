@@ -36,8 +36,8 @@ class SlowBinder:
         self.fail_first = False
         self.calls: list[tuple[str, tuple[int, ...]]] = []
 
-    def bind(self, pod: PodRecord, assignment: GpuPrediction, placement: str) -> None:
-        self.calls.append((assignment.node, assignment.indices))
+    def bind(self, pod: PodRecord, prediction: GpuPrediction, placement: str) -> None:
+        self.calls.append((prediction.node, prediction.indices))
         if len(self.calls) == 1:
             self.entered.set()
             assert self.release.wait(10)
@@ -118,7 +118,7 @@ def test_a_retry_gets_the_first_calls_gpus_once_it_succeeded(binder: SlowBinder)
     result = first["result"]
     assert isinstance(result, BindResult) and not result.already_bound
     assert retried.already_bound
-    assert retried.assignment == result.assignment
+    assert retried.prediction == result.prediction
     assert len(binder.calls) == 1
 
 
@@ -133,8 +133,8 @@ def test_a_retry_binds_afresh_when_the_first_call_failed(binder: SlowBinder) -> 
     assert len(binder.calls) == 2
     assert not retried.already_bound
     record = store.pod(UID)
-    assert record is not None and record.assignment == retried.assignment
-    assert len(retried.assignment.indices) == 4
+    assert record is not None and record.prediction == retried.prediction
+    assert len(retried.prediction.indices) == 4
 
 
 def test_after_a_failed_first_call_alone_nothing_is_held(binder: SlowBinder) -> None:
@@ -158,11 +158,11 @@ class WatchThenTimeout:
         self.store_ref = store_ref
         self.bound_elsewhere = bound_elsewhere
 
-    def bind(self, record: PodRecord, assignment: GpuPrediction, placement: str) -> None:
+    def bind(self, record: PodRecord, prediction: GpuPrediction, placement: str) -> None:
         if record.uid != UID:
             return  # other pods bind normally
-        node = self.bound_elsewhere or assignment.node
-        shown = GpuPrediction(node, assignment.indices)
+        node = self.bound_elsewhere or prediction.node
+        shown = GpuPrediction(node, prediction.indices)
         self.store_ref[0].upsert_pod(
             pod(
                 "p",
@@ -185,14 +185,14 @@ def test_a_call_that_failed_after_the_watch_showed_the_pod_bound_counts_as_bound
     store.load(ClusterObjects(nodes=[gpu_node("a")], pods=[], inventories=[]))
     store.demand(pod("p", gpus=4))
     result = store.bind("llm", "p", UID, "a")
-    assert result.already_bound and result.assignment.node == "a"
+    assert result.already_bound and result.prediction.node == "a"
     # The pod keeps its four GPUs: rolling back would have freed GPUs a bound pod holds.
     record = store.pod(UID)
     assert record is not None and record.node == "a"
     assert len(store.node("a").usable_free_gpus) == 4  # type: ignore[union-attr]
     store.demand(pod("q", gpus=4))
     other = store.bind("llm", "q", "uid-llm-q", "a")
-    assert set(other.assignment.indices).isdisjoint(result.assignment.indices)
+    assert set(other.prediction.indices).isdisjoint(result.prediction.indices)
 
 
 def test_a_failed_call_leaves_a_pod_the_watch_shows_bound_elsewhere_alone() -> None:

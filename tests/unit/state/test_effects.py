@@ -45,7 +45,7 @@ class BlockingBinder:
         self.fail: set[str] = set()
 
     def bind(
-        self, pod: PodRecord, assignment: GpuPrediction, placement: str
+        self, pod: PodRecord, prediction: GpuPrediction, placement: str
     ) -> GpuPrediction | None:
         return None
 

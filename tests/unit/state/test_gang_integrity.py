@@ -126,7 +126,7 @@ def test_a_member_recreated_with_a_new_uid_joins_the_existing_plan() -> None:
     assert schedule(store, members[0])[0] == planned["m0"]
     meta = again["metadata"]
     result = store.bind(meta["namespace"], meta["name"], meta["uid"], planned["m1"][0])
-    assert result.assignment.indices == tuple(range(8))
+    assert result.prediction.indices == tuple(range(8))
 
 
 def test_a_recreated_member_whose_old_pod_is_still_in_the_view_is_not_counted_twice() -> None:

@@ -106,17 +106,17 @@ def bind(store: ClusterStore, p: dict[str, Any], node: str) -> tuple[int, ...]:
     p["spec"]["nodeName"] = node
     p["status"]["phase"] = "Running"
     p["metadata"]["annotations"]["kvsched.io/predicted-gpus"] = GpuPrediction(
-        node, result.assignment.indices
+        node, result.prediction.indices
     ).encode()
     store.upsert_pod(p)
-    return result.assignment.indices
+    return result.prediction.indices
 
 
 def gpus_held(store: ClusterStore) -> dict[str, list[tuple[int, ...]]]:
     held: dict[str, list[tuple[int, ...]]] = {}
     for record in store.cache.pods.values():
-        if record.holds_gpus and record.assignment is not None:
-            held.setdefault(record.assignment.node, []).append(record.assignment.indices)
+        if record.holds_gpus and record.prediction is not None:
+            held.setdefault(record.prediction.node, []).append(record.prediction.indices)
     return held
 
 

@@ -32,13 +32,13 @@ def test_a_member_whose_reserved_gpus_the_kubelet_gave_a_sibling_is_predicted_af
     assert set(planned0).isdisjoint(planned1)
 
     bound = store.bind("llm", "m0", uid0, "n")
-    assert bound.assignment.indices == planned0
+    assert bound.prediction.indices == planned0
     # The device plugin gave m0 the GPUs the plan had meant for m1; the agent reports it.
     store.upsert_inventory(
         inventory("n", PRESETS["hgx-h100-8"], allocated=[(i, "llm/m0") for i in planned1])
     )
     assert store.filter(store.demand(second), ["n"]).passed == ["n"]
     again = store.bind("llm", "m1", uid1, "n")
-    assert sorted(again.assignment.indices) == sorted(planned0)  # the GPUs really free
+    assert sorted(again.prediction.indices) == sorted(planned0)  # the GPUs really free
     state = store.node("n")
     assert state is not None and state.free_gpus == frozenset()

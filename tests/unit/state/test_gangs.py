@@ -84,7 +84,7 @@ def test_group_is_planned_whole_inside_one_zone_and_binds_as_planned() -> None:
     for m in members:
         meta = m["metadata"]
         result = store.bind(meta["namespace"], meta["name"], meta["uid"], placed[meta["name"]])
-        assert result.assignment.indices == tuple(range(8))
+        assert result.prediction.indices == tuple(range(8))
     assert all(not store.node(n).free_gpus for n in ("b1", "b2", "b3", "b4"))  # type: ignore[union-attr]
 
 

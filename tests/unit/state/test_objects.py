@@ -409,7 +409,7 @@ def test_pod_record_reads_the_assignment_and_defaults() -> None:
         annotations={**assigned("a", 2, 3, uuids=("GPU-2", "GPU-3")), "kvsched.io/model": LLAMA_8B},
     )
     record = pod_record(obj)
-    assert record.assignment == GpuPrediction("a", (2, 3), ("GPU-2", "GPU-3"))
+    assert record.prediction == GpuPrediction("a", (2, 3), ("GPU-2", "GPU-3"))
     assert record.gpus == 2 and record.node == "a" and record.model == LLAMA_8B
     assert record.ref == "llm/x" and record.uid == "uid-llm-x"
     bare = pod_record({"metadata": {"name": "p"}, "spec": {"containers": []}})

@@ -172,7 +172,7 @@ def test_unreadable_annotations_of_a_bound_gpu_pod_still_hold_its_gpus() -> None
     )
     record = store.pod("uid-llm-p1")
     # Ignored for other pods' decisions: no gang, no model, no prediction; only its GPUs.
-    assert record is not None and record.gang is None and record.assignment is None
+    assert record is not None and record.gang is None and record.prediction is None
     assert record.gpus == 4 and record.holds_gpus
 
 

@@ -153,23 +153,23 @@ def test_bind_chooses_records_and_shrinks_the_free_set() -> None:
     store.demand(p)
     result = store.bind("llm", "p", "uid-llm-p", "a")
     assert not result.already_bound
-    assert len(result.assignment.indices) == 4
-    assert result.assignment.node == "a"
-    assert result.assignment.uuids == tuple(f"GPU-a-{i}" for i in result.assignment.indices)
+    assert len(result.prediction.indices) == 4
+    assert result.prediction.node == "a"
+    assert result.prediction.uuids == tuple(f"GPU-a-{i}" for i in result.prediction.indices)
     assert "predicted-gpus=" in result.placement
-    taken = set(result.assignment.indices)
+    taken = set(result.prediction.indices)
     assert free(store, "a") == frozenset(range(8)) - taken
     record = store.pod("uid-llm-p")
-    assert record is not None and record.node == "a" and record.assignment == result.assignment
-    assert store.allocations()["llm/p"] == result.assignment
+    assert record is not None and record.node == "a" and record.prediction == result.prediction
+    assert store.allocations()["llm/p"] == result.prediction
 
 
 def test_bind_without_inventory_has_no_uuids() -> None:
     store = make_store()
     store.demand(pod("p", gpus=2))
     result = store.bind("llm", "p", "uid-llm-p", "a")
-    assert result.assignment.uuids == ()
-    assert len(result.assignment.indices) == 2
+    assert result.prediction.uuids == ()
+    assert len(result.prediction.indices) == 2
 
 
 def test_a_second_pod_never_gets_the_same_gpus() -> None:
@@ -177,7 +177,7 @@ def test_a_second_pod_never_gets_the_same_gpus() -> None:
     chosen: list[set[int]] = []
     for i in range(4):
         store.demand(pod(f"p{i}", gpus=2))
-        chosen.append(set(store.bind("llm", f"p{i}", f"uid-llm-p{i}", "a").assignment.indices))
+        chosen.append(set(store.bind("llm", f"p{i}", f"uid-llm-p{i}", "a").prediction.indices))
     assert set().union(*chosen) == set(range(8))
     assert free(store, "a") == frozenset()
     store.demand(pod("late", gpus=1))
@@ -191,8 +191,8 @@ def test_bind_is_idempotent_for_the_same_pod_and_node() -> None:
     first = store.bind("llm", "p", "uid-llm-p", "a")
     again = store.bind("llm", "p", "uid-llm-p", "a")
     assert again.already_bound
-    assert again.assignment == first.assignment
-    assert free(store, "a") == frozenset(range(8)) - set(first.assignment.indices)
+    assert again.prediction == first.prediction
+    assert free(store, "a") == frozenset(range(8)) - set(first.prediction.indices)
 
 
 def test_bind_of_a_bound_pod_to_another_node_errors() -> None:
@@ -202,7 +202,7 @@ def test_bind_of_a_bound_pod_to_another_node_errors() -> None:
     with pytest.raises(BindError, match="already bound to a"):
         store.bind("llm", "p", "uid-llm-p", "b")
     assert free(store, "b") == frozenset(range(8))
-    assert free(store, "a") == frozenset(range(8)) - set(first.assignment.indices)
+    assert free(store, "a") == frozenset(range(8)) - set(first.prediction.indices)
 
 
 def test_bind_of_a_pod_bound_in_the_loaded_objects_is_idempotent() -> None:
@@ -211,7 +211,7 @@ def test_bind_of_a_pod_bound_in_the_loaded_objects_is_idempotent() -> None:
     )
     result = store.bind("llm", "x", "uid-llm-x", "a")
     assert result.already_bound
-    assert result.assignment.indices == (6, 7)
+    assert result.prediction.indices == (6, 7)
     with pytest.raises(BindError):
         store.bind("llm", "x", "uid-llm-x", "b")
 
@@ -274,7 +274,7 @@ def test_memo_is_not_stale_after_partial_bind() -> None:
     store = make_store(nodes=[gpu_node("a")])
     first = explain_rows(store, store.demand(pod("probe", gpus=2)), ["a"])[0]["predictedGpus"]
     store.demand(pod("p", gpus=2))
-    taken = store.bind("llm", "p", "uid-llm-p", "a").assignment.indices
+    taken = store.bind("llm", "p", "uid-llm-p", "a").prediction.indices
     second = explain_rows(store, store.demand(pod("probe", gpus=2)), ["a"])[0]["predictedGpus"]
     assert not set(second) & set(taken)
     assert tuple(first) == taken  # the probe's best set was the one bind took
@@ -498,14 +498,14 @@ def test_memo_always_agrees_with_a_fresh_evaluation(steps: list[tuple[int, str]]
             assert (name in result.passed) == fresh.fits
         if target in result.passed:
             taken = store.bind("llm", f"p{number}", f"uid-llm-p{number}", target)
-            assert len(taken.assignment.indices) == gpus
+            assert len(taken.prediction.indices) == gpus
         else:
             with pytest.raises(BindError):
                 store.bind("llm", f"p{number}", f"uid-llm-p{number}", target)
     # Never more GPUs handed out than a node has, never one GPU twice.
     per_node: dict[str, list[int]] = {}
-    for assignment in store.allocations().values():
-        per_node.setdefault(assignment.node, []).extend(assignment.indices)
+    for prediction in store.allocations().values():
+        per_node.setdefault(prediction.node, []).extend(prediction.indices)
     for node, indices in per_node.items():
         assert len(indices) == len(set(indices))
         state = store.node(node)

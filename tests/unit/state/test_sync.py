@@ -229,7 +229,7 @@ def test_bind_survives_a_stale_watch_event_and_settles_on_the_real_one() -> None
         GpuPrediction.decode(
             api.pods[("llm", "p")]["metadata"]["annotations"]["kvsched.io/predicted-gpus"]
         )
-        == result.assignment
+        == result.prediction
     )
     # Once the API server has shown the binding, the pod's own record rules: deleted, freed.
     store.delete_pod("uid-llm-p")
@@ -244,7 +244,7 @@ def test_restart_rebuilds_allocations_from_annotated_pods() -> None:
     api.pods[("llm", "p")] = copy.deepcopy(pending)
     first.upsert_pod(pending)
     first.filter(first.demand(pending), ["a"])
-    assignment = first.bind("llm", "p", "uid-llm-p", "a").assignment
+    prediction = first.bind("llm", "p", "uid-llm-p", "a").prediction
     bound = api.pods[("llm", "p")]
     # A new process: everything comes back from the API server's objects.
     second = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
@@ -252,10 +252,10 @@ def test_restart_rebuilds_allocations_from_annotated_pods() -> None:
     second.replace_kind("Node", [gpu_node("a")])
     state = second.node("a")
     assert state is not None
-    assert state.free_gpus == frozenset(range(8)) - set(assignment.indices)
+    assert state.free_gpus == frozenset(range(8)) - set(prediction.indices)
     # kube-scheduler retries the bind after our restart: same answer, no second binding.
     again = second.bind("llm", "p", "uid-llm-p", "a")
-    assert again.already_bound and again.assignment == assignment
+    assert again.already_bound and again.prediction == prediction
 
 
 def test_binder_treats_a_conflict_on_the_same_node_as_done() -> None:
@@ -283,7 +283,7 @@ def test_a_conflict_on_the_same_node_adopts_the_gpus_the_earlier_binding_recorde
     store.replace_kind("Node", [gpu_node("a")])
     store.filter(store.demand(pod("p", gpus=2, uid="u1")), ["a"])
     result = store.bind("llm", "p", "u1", "a")
-    assert result.already_bound and result.assignment.indices == (4, 5)
+    assert result.already_bound and result.prediction.indices == (4, 5)
     state = store.node("a")
     assert state is not None and state.usable_free_gpus == frozenset({0, 1, 2, 3, 6, 7})
 
