@@ -119,6 +119,20 @@ def register(subparsers: Any) -> None:
         "the share of the score given to KV-transfer locality, 0..1 (repeatable)",
     )
     parser.add_argument("--engine-init-seconds", type=float, default=None)
+    parser.add_argument(
+        "--gang-ttl-seconds",
+        type=_positive_int,
+        default=300,
+        help="how long a gang plan holds GPUs for members that exist but have not bound; then "
+        "it is released and the group planned again (default %(default)s)",
+    )
+    parser.add_argument(
+        "--gang-absent-ttl-seconds",
+        type=_positive_int,
+        default=600,
+        help="how long a gang plan holds GPUs for members not created yet (LeaderWorkerSet "
+        "LeaderReady creates workers once the leader is Ready; default %(default)s)",
+    )
     tls = parser.add_argument_group(
         "TLS", "serve HTTPS (kube-scheduler: enableHTTPS + tlsConfig in the extender config)"
     )
@@ -208,7 +222,12 @@ def run(args: argparse.Namespace) -> int:
             objects = load_cluster(args.cluster_file)
         except ClusterFileError as exc:
             return fail(str(exc))
-        store = ClusterStore(catalog, scoring)
+        store = ClusterStore(
+            catalog,
+            scoring,
+            gang_ttl_s=args.gang_ttl_seconds,
+            gang_absent_ttl_s=args.gang_absent_ttl_seconds,
+        )
         store.load(objects)
         # The loaded cluster is a large, long-lived heap; without this every full collection
         # walks all of it and shows up as p99 spikes in filter/prioritize. Frozen objects are
@@ -223,7 +242,14 @@ def run(args: argparse.Namespace) -> int:
         binder = ApiBinder(api)
         # Gang reservation writes leave the verbs: one writer thread carries them out.
         effects = EffectWriter(binder, metrics)
-        store = ClusterStore(catalog, scoring, binder=binder, effects=effects)
+        store = ClusterStore(
+            catalog,
+            scoring,
+            binder=binder,
+            effects=effects,
+            gang_ttl_s=args.gang_ttl_seconds,
+            gang_absent_ttl_s=args.gang_absent_ttl_seconds,
+        )
         background = ClusterSync(
             api, store, SyncSettings(watch_timeout_s=args.watch_timeout_seconds), metrics
         )
