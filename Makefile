@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: help install demo test e2e lint typecheck check bench controlplane podresources \
-	gpuallocator kwok lws testbins cluster-up cluster-down demo-cluster clean
+	gpuallocator kwok lws helm testbins cluster-up cluster-down demo-cluster clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -42,7 +42,10 @@ kwok: ## build KWOK, the fake kubelet of the real-controller e2e tests (cached i
 lws: ## build the LeaderWorkerSet controller + its CRDs/webhook manifests (cached in ~/.cache/kvsched)
 	hack/lws/build.sh
 
-testbins: controlplane podresources gpuallocator kwok lws ## every Go-built binary the tests use
+helm: ## build helm (helm.sh/helm/v4) for the chart's tests (cached in ~/.cache/kvsched)
+	hack/helm/build.sh
+
+testbins: controlplane podresources gpuallocator kwok lws helm ## every Go-built binary the tests use
 
 cluster-up: controlplane ## start a local control plane; prints its kubeconfig path
 	hack/controlplane/up.sh
