@@ -25,32 +25,19 @@
 # is loaded lazily and never touched by the policy, so no driver is needed to run the oracle).
 set -euo pipefail
 
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../lib/gobuild.sh
+source "$HERE/../lib/gobuild.sh"
+gb_init build.sh
+
 VERSION="${KVSCHED_GPUALLOCATOR_VERSION:-v0.6.0}"
 VERSION="v${VERSION#v}"
-CACHE="${KVSCHED_CACHE:-$HOME/.cache/kvsched}"
-NICE="${KVSCHED_BUILD_NICE:-19}"
-PROCS="${KVSCHED_BUILD_PROCS:-2}"
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SOURCE="$HERE/main.go"
 ROOT="$CACHE/gpuallocator-$VERSION"
 BIN_DIR="$ROOT/bin"
 BIN="$BIN_DIR/gpuallocator-oracle"
 STAMP="$BIN.sha256"
-
-log() { printf 'build.sh: %s\n' "$*" >&2; }
-die() {
-    printf 'build.sh: ERROR: %s\n' "$*" >&2
-    exit 1
-}
-fail_with_log() {
-    local what="$1" logfile="$2"
-    {
-        printf 'build.sh: ERROR: %s failed; last lines of %s:\n' "$what" "$logfile"
-        tail -n 40 "$logfile" | sed 's/^/    /'
-    } >&2
-    exit 1
-}
 
 [[ -f "$SOURCE" ]] || die "missing $SOURCE"
 [[ "$VERSION" =~ ^v[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "KVSCHED_GPUALLOCATOR_VERSION must look like vX.Y.Z, got $VERSION"
@@ -67,59 +54,25 @@ binary_ok() {
     [[ "$out" == '{"allocation":[1]}' ]]
 }
 
-if [[ "${KVSCHED_FORCE_REBUILD:-0}" != 1 ]] && binary_ok "$BIN" "$STAMP"; then
-    log "cached: $BIN (go-gpuallocator $VERSION)"
-    echo "$BIN"
-    exit 0
+describe() { echo "go-gpuallocator $VERSION"; }
+gb_exit_if_cached "$BIN" describe binary_ok "$BIN" "$STAMP"
+
+if [[ -e "$BIN" ]]; then
+    why="$BIN is stale (built from another main.go) or does not run"
+else
+    why="no binary at $BIN"
 fi
+gb_exit_if_no_build KVSCHED_ORACLE_NO_BUILD "$why"
 
-if [[ "${KVSCHED_ORACLE_NO_BUILD:-0}" == 1 ]]; then
-    if [[ -e "$BIN" ]]; then
-        why="$BIN is stale (built from another main.go) or does not run"
-    else
-        why="no binary at $BIN"
-    fi
-    printf 'build.sh: ERROR: %s and KVSCHED_ORACLE_NO_BUILD=1; run %s without it\n' "$why" "$0" >&2
-    exit 3
-fi
-
-command -v go >/dev/null 2>&1 || die "go is not on PATH; install Go >= 1.20 to build the oracle"
-
-mkdir -p "$ROOT"
-# One build at a time per cache (parallel test workers may all call this script).
-exec 9>"$ROOT/.build.lock"
-if command -v flock >/dev/null 2>&1; then
-    flock -n 9 || {
-        log "another build holds $ROOT/.build.lock; waiting"
-        flock 9
-    }
-    if [[ "${KVSCHED_FORCE_REBUILD:-0}" != 1 ]] && binary_ok "$BIN" "$STAMP"; then
-        log "built by another process: $BIN"
-        echo "$BIN"
-        exit 0
-    fi
-fi
-
-export GOMODCACHE="$ROOT/gomod"
-export GOCACHE="$ROOT/gocache"
-export GOTOOLCHAIN=local
-export GOFLAGS="-mod=mod -buildvcs=false"
-export GOMAXPROCS="$PROCS"
-export CGO_ENABLED=1
-export GOWORK=off
-unset GOOS GOARCH
+gb_require_go "the oracle" 1.20
+gb_lock "$ROOT" "$BIN" binary_ok "$BIN" "$STAMP"
+gb_go_env "$ROOT" mod 1
 
 command -v "$(go env CC)" >/dev/null 2>&1 ||
     die "cgo needs a C compiler ($(go env CC) not found): go-nvml, imported by go-gpuallocator, does not compile without cgo"
 
-gorun() { nice -n "$NICE" go "$@"; }
-
-GO_VERSION="$(go env GOVERSION)"
 WORK="$ROOT/work"
-STAGE="$BIN_DIR.partial.$$"
-rm -rf "$WORK" "$STAGE"
-mkdir -p "$WORK" "$STAGE"
-trap 'rm -rf "$STAGE"' EXIT
+gb_stage_dir "$WORK" "$BIN_DIR"
 log "building go-gpuallocator $VERSION oracle with $GO_VERSION (GOMAXPROCS=$PROCS, nice $NICE) into $BIN"
 
 cat >"$WORK/go.mod" <<GOMOD
@@ -143,9 +96,7 @@ echo "$SOURCE_SUM" >"$STAGE/gpuallocator-oracle.sha256"
 binary_ok "$STAGE/gpuallocator-oracle" "$STAGE/gpuallocator-oracle.sha256" ||
     die "the freshly built $STAGE/gpuallocator-oracle does not answer its smoke request"
 
-rm -rf "$BIN_DIR"
-mv "$STAGE" "$BIN_DIR"
-trap - EXIT
+gb_install "$BIN_DIR"
 binary_ok "$BIN" "$STAMP" || die "$BIN does not run"
 log "done: $BIN"
 echo "$BIN"

@@ -31,30 +31,16 @@
 # says `go 1.26.0`, so it builds with the installed Go 1.26.x (GOTOOLCHAIN=local).
 set -euo pipefail
 
+# shellcheck source=../lib/gobuild.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/gobuild.sh"
+gb_init lws/build.sh
+
 VERSION="${KVSCHED_LWS_VERSION:-v0.9.0}"
 VERSION="v${VERSION#v}"
-CACHE="${KVSCHED_CACHE:-$HOME/.cache/kvsched}"
-NICE="${KVSCHED_BUILD_NICE:-19}"
-PROCS="${KVSCHED_BUILD_PROCS:-2}"
 
 ROOT="$CACHE/lws-$VERSION"
 BIN="$ROOT/bin"
 BINARY="$BIN/lws-manager"
-
-log() { printf 'lws/build.sh: %s\n' "$*" >&2; }
-die() {
-    printf 'lws/build.sh: ERROR: %s\n' "$*" >&2
-    exit 1
-}
-
-fail_with_log() {
-    local what="$1" logfile="$2"
-    {
-        printf 'lws/build.sh: ERROR: %s failed; last lines of %s:\n' "$what" "$logfile"
-        tail -n 40 "$logfile" | sed 's/^/    /'
-    } >&2
-    exit 1
-}
 
 # The binary is usable when it runs and says it is this version ("Version: v0.9.0"), and the
 # manifests are beside it.
@@ -67,64 +53,22 @@ binary_ok() {
     compgen -G "$(dirname "$1")/crd/*.yaml" >/dev/null
 }
 
-if [[ "${KVSCHED_FORCE_REBUILD:-0}" != 1 ]] && binary_ok "$BINARY"; then
-    log "cached: $BINARY ($("$BINARY" --version 2>&1 | head -n1))"
-    echo "$BINARY"
-    exit 0
-fi
+describe() { "$1" --version 2>&1 | head -n1; }
+gb_exit_if_cached "$BINARY" describe binary_ok "$BINARY"
+gb_exit_if_no_build KVSCHED_LWS_NO_BUILD "no usable $BINARY" " (or make lws)"
 
-if [[ "${KVSCHED_LWS_NO_BUILD:-0}" == 1 ]]; then
-    printf 'lws/build.sh: ERROR: %s\n' "no usable $BINARY and KVSCHED_LWS_NO_BUILD=1; run $0 (or make lws) without it" >&2
-    exit 3
-fi
-
-command -v go >/dev/null 2>&1 || die "go is not on PATH; install Go >= 1.26 to build the LWS controller"
-
-mkdir -p "$ROOT"
-exec 9>"$ROOT/.build.lock"
-if command -v flock >/dev/null 2>&1; then
-    flock -n 9 || {
-        log "another build holds $ROOT/.build.lock; waiting"
-        flock 9
-    }
-    if [[ "${KVSCHED_FORCE_REBUILD:-0}" != 1 ]] && binary_ok "$BINARY"; then
-        log "built by another process: $BINARY"
-        echo "$BINARY"
-        exit 0
-    fi
-fi
-
-export GOMODCACHE="$ROOT/gomod"
-export GOCACHE="$ROOT/gocache"
-export GOTOOLCHAIN=local
-export GOFLAGS="-mod=readonly -buildvcs=false"
-export GOMAXPROCS="$PROCS"
-export CGO_ENABLED=0
-export GOWORK=off
-unset GOOS GOARCH
-
-gorun() { nice -n "$NICE" go "$@"; }
+gb_require_go "the LWS controller" 1.26
+gb_lock "$ROOT" "$BINARY" binary_ok "$BINARY"
+gb_go_env "$ROOT" readonly 0
 
 WORK="$ROOT/work"
-STAGE="$BIN.partial.$$"
-rm -rf "$WORK" "$STAGE"
-mkdir -p "$WORK" "$STAGE"
-trap 'rm -rf "$STAGE"' EXIT
+gb_stage_dir "$WORK" "$BIN"
 LOG="$WORK/build.log"
 
-log "downloading sigs.k8s.io/lws@$VERSION"
-if ! (cd "$WORK" && gorun mod download -json "sigs.k8s.io/lws@$VERSION") >"$WORK/download.json" 2>"$LOG"; then
-    cat "$WORK/download.json" >>"$LOG" 2>/dev/null || true
-    fail_with_log "go mod download sigs.k8s.io/lws@$VERSION" "$LOG"
-fi
-SRC="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' "$WORK/download.json" | head -n1)"
+gb_mod_download "sigs.k8s.io/lws@$VERSION" "$WORK" "$LOG"
+SRC="$MOD_DIR"
 [[ -f "$SRC/cmd/main.go" ]] || die "no cmd/main.go in the downloaded module (see $WORK/download.json)"
-
-MOD_GO="$(awk '$1 == "go" { print $2; exit }' "$SRC/go.mod")"
-GO_VERSION="$(go env GOVERSION)"
-if [[ -n "$MOD_GO" && "$(printf '%s\n%s\n' "$MOD_GO" "${GO_VERSION#go}" | sort -V | head -n1)" != "$MOD_GO" ]]; then
-    die "sigs.k8s.io/lws@$VERSION needs go $MOD_GO but $GO_VERSION is installed (GOTOOLCHAIN=local)"
-fi
+gb_check_go_version "$SRC/go.mod" "sigs.k8s.io/lws@$VERSION"
 
 # Build in a writable copy (the module cache is read-only).
 cp -R "$SRC" "$WORK/src"
@@ -147,8 +91,6 @@ chmod -R u+w "$STAGE"
 binary_ok "$STAGE/lws-manager" || die "$STAGE/lws-manager --version does not name $VERSION: $("$STAGE/lws-manager" --version 2>&1 | head -n3)"
 rm -rf "$WORK/src"
 
-rm -rf "$BIN"
-mv "$STAGE" "$BIN"
-trap - EXIT
+gb_install "$BIN"
 log "done: $BINARY ($("$BINARY" --version 2>&1 | head -n1))"
 echo "$BINARY"

@@ -24,31 +24,16 @@
 #   KVSCHED_PODRES_NO_BUILD=1  never compile: print the cached binary's path or fail (exit 3)
 set -euo pipefail
 
-KUBELET_VERSION="v0.37.2" # keep in step with go.mod
-CACHE="${KVSCHED_CACHE:-$HOME/.cache/kvsched}"
-NICE="${KVSCHED_BUILD_NICE:-19}"
-PROCS="${KVSCHED_BUILD_PROCS:-2}"
-
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../lib/gobuild.sh
+source "$HERE/../lib/gobuild.sh"
+gb_init podresources/build.sh
+
+KUBELET_VERSION="v0.37.2" # keep in step with go.mod
 ROOT="$CACHE/podresources-kubelet-$KUBELET_VERSION"
 BIN="$ROOT/bin"
 BINARY="$BIN/podresources-server"
 STAMP="$BINARY.sources"
-
-log() { printf 'podresources/build.sh: %s\n' "$*" >&2; }
-die() {
-    printf 'podresources/build.sh: ERROR: %s\n' "$*" >&2
-    exit 1
-}
-
-fail_with_log() {
-    local what="$1" logfile="$2"
-    {
-        printf 'podresources/build.sh: ERROR: %s failed; last lines of %s:\n' "$what" "$logfile"
-        tail -n 40 "$logfile" | sed 's/^/    /'
-    } >&2
-    exit 1
-}
 
 for f in main.go go.mod go.sum; do
     [[ -f "$HERE/$f" ]] || die "missing $HERE/$f"
@@ -74,61 +59,25 @@ binary_ok() {
     runs "$BINARY"
 }
 
-if [[ "${KVSCHED_FORCE_REBUILD:-0}" != 1 ]] && binary_ok; then
-    log "cached: $BINARY"
-    echo "$BINARY"
-    exit 0
+gb_exit_if_cached "$BINARY" "" binary_ok
+
+if [[ -x "$BINARY" ]]; then
+    why="$BINARY was built from other sources than $HERE"
+else
+    why="no binary at $BINARY"
 fi
+gb_exit_if_no_build KVSCHED_PODRES_NO_BUILD "$why"
 
-if [[ "${KVSCHED_PODRES_NO_BUILD:-0}" == 1 ]]; then
-    if [[ -x "$BINARY" ]]; then
-        why="$BINARY was built from other sources than $HERE"
-    else
-        why="no binary at $BINARY"
-    fi
-    printf 'podresources/build.sh: ERROR: %s and KVSCHED_PODRES_NO_BUILD=1; run %s without it\n' \
-        "$why" "$0" >&2
-    exit 3
-fi
-
-command -v go >/dev/null 2>&1 || die "go is not on PATH; install Go >= 1.26 to build the PodResources test server"
-
-mkdir -p "$ROOT"
-# One build at a time per cache (parallel test workers may all call this script).
-exec 9>"$ROOT/.build.lock"
-if command -v flock >/dev/null 2>&1; then
-    flock -n 9 || {
-        log "another build holds $ROOT/.build.lock; waiting"
-        flock 9
-    }
-    if [[ "${KVSCHED_FORCE_REBUILD:-0}" != 1 ]] && binary_ok; then
-        log "built by another process: $BINARY"
-        echo "$BINARY"
-        exit 0
-    fi
-fi
-
-export GOMODCACHE="$ROOT/gomod"
-export GOCACHE="$ROOT/gocache"
-export GOTOOLCHAIN=local
-export GOFLAGS="-mod=readonly -buildvcs=false"
-export GOMAXPROCS="$PROCS"
-export CGO_ENABLED=0
-export GOWORK=off
-unset GOOS GOARCH
-
-GO_VERSION="$(go env GOVERSION)"
-NEED_GO="$(awk '$1 == "go" { print $2; exit }' "$HERE/go.mod")"
-if [[ "$(printf '%s\n%s\n' "$NEED_GO" "${GO_VERSION#go}" | sort -V | head -n1)" != "$NEED_GO" ]]; then
-    die "k8s.io/kubelet@$KUBELET_VERSION needs go $NEED_GO but $GO_VERSION is installed (GOTOOLCHAIN=local)"
-fi
+gb_require_go "the PodResources test server" 1.26
+gb_lock "$ROOT" "$BINARY" binary_ok
+gb_go_env "$ROOT" readonly 0
+gb_check_go_version "$HERE/go.mod" "k8s.io/kubelet@$KUBELET_VERSION"
 
 log "building podresources-server (k8s.io/kubelet $KUBELET_VERSION) with $GO_VERSION (GOMAXPROCS=$PROCS, nice $NICE) into $BIN"
 mkdir -p "$BIN"
-STAGE="$BINARY.partial.$$"
-trap 'rm -f "$STAGE"' EXIT
+gb_stage "$BINARY"
 LOGFILE="$ROOT/build.log"
-if ! (cd "$HERE" && nice -n "$NICE" go build -p "$PROCS" -trimpath -ldflags "-s -w" \
+if ! (cd "$HERE" && gorun build -p "$PROCS" -trimpath -ldflags "-s -w" \
     -o "$STAGE" .) >"$LOGFILE" 2>&1; then
     fail_with_log "go build hack/podresources (k8s.io/kubelet $KUBELET_VERSION)" "$LOGFILE"
 fi
@@ -136,8 +85,7 @@ runs "$STAGE" || die "$STAGE does not run"
 
 # Install atomically: binary first, then the stamp that vouches for it.
 rm -f "$STAMP"
-mv -f "$STAGE" "$BINARY"
-trap - EXIT
+gb_install "$BINARY"
 echo "$SOURCES" >"$STAMP"
 binary_ok || die "$BINARY does not run"
 log "done: $BINARY"

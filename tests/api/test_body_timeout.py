@@ -5,35 +5,20 @@ from __future__ import annotations
 
 import http.client
 import socket
-import sys
 import time
 from pathlib import Path
 
 import httpx
-import yaml
-from support.k8s import gpu_node
+from support.extender import extender_command, one_node_cluster
 
 from scheduler.demo.run import free_port, running_server
 
 
 def test_stuck_body_gets_408_while_others_are_served(tmp_path: Path) -> None:
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(yaml.safe_dump({"kind": "Node", **gpu_node("a")}))
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "scheduler.cli",
-        "extender",
-        "--cluster-file",
-        str(cluster),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--request-body-timeout-seconds",
-        "1",
-    ]
+    command = extender_command(
+        one_node_cluster(tmp_path), port, "--request-body-timeout-seconds", "1"
+    )
     with running_server(command, port) as url:
         stuck = socket.create_connection(("127.0.0.1", port))
         stuck.sendall(

@@ -10,7 +10,6 @@ The worked examples are the ones found by trying (issue 12): `1e999999` froze th
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +18,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.extender import extender_command, one_node_cluster
 from support.k8s import gpu_node, model_annotations, pod
 
 from scheduler.core.assignment import GpuPrediction, GpuReservation
@@ -251,24 +250,6 @@ def test_echoed_values_are_cut_with_an_ellipsis(client: TestClient) -> None:
 # Connections: a real server process (uvicorn, h11), as kube-scheduler reaches it.
 
 
-def extender_command(tmp_path: Path, port: int, *flags: str) -> list[str]:
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(yaml.safe_dump({"kind": "Node", **gpu_node("a")}))
-    return [
-        sys.executable,
-        "-m",
-        "scheduler.cli",
-        "extender",
-        "--cluster-file",
-        str(cluster),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *flags,
-    ]
-
-
 def closed_within(sock: socket.socket, timeout_s: float) -> float | None:
     """Seconds until the server closed `sock` (reading EOF), or None if it did not."""
     started = time.monotonic()
@@ -286,7 +267,7 @@ def closed_within(sock: socket.socket, timeout_s: float) -> float | None:
 def test_connections_that_never_finish_their_headers_are_closed(tmp_path: Path) -> None:
     port = free_port()
     flags = ("--header-timeout-seconds", "1", "--keep-alive-seconds", "30")
-    with running_server(extender_command(tmp_path, port, *flags), port) as url:
+    with running_server(extender_command(one_node_cluster(tmp_path), port, *flags), port) as url:
         half_line = socket.create_connection(("127.0.0.1", port))
         half_line.sendall(b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Ty")
         silent = socket.create_connection(("127.0.0.1", port))
@@ -316,7 +297,7 @@ def test_connections_that_never_finish_their_headers_are_closed(tmp_path: Path) 
 def test_connection_cap_and_keep_alive(tmp_path: Path) -> None:
     port = free_port()
     flags = ("--max-connections", "4", "--keep-alive-seconds", "1")
-    with running_server(extender_command(tmp_path, port, *flags), port) as url:
+    with running_server(extender_command(one_node_cluster(tmp_path), port, *flags), port) as url:
         with httpx.Client(timeout=5) as one:
             assert one.get(f"{url}/healthz").status_code == 200
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]

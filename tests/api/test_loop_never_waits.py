@@ -17,7 +17,6 @@ Bounds are generous (the machines running tests are shared and noisy); the desig
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
+from support.extender import extender_command
 from support.k8s import gpu_node, pod
 
 from scheduler.core.assignment import GpuPrediction, GpuReservation
@@ -209,18 +209,7 @@ def extender_5000(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     cluster.write_bytes(orjson.dumps({"kind": "List", "items": objects}))
     names = [o["metadata"]["name"] for o in objects if o["kind"] == "Node"]
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "scheduler.cli",
-        "extender",
-        "--cluster-file",
-        str(cluster),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+    command = extender_command(cluster, port)
     with running_server(command, port, 120) as url:
         yield url, names
 

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from support.extender import sample
 from support.k8s import gpu_node, pod
 
 from scheduler.models.catalog import Catalog
 from scheduler.state.store import ClusterStore
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(\{{[^}}]*\}})? (\S+)$", line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            return float(match.group(2))
-    return 0.0
 
 
 def test_rejections_are_counted_by_reason(make_client: Any) -> None:

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi.testclient import TestClient
 from support.events import FakeEventApi
+from support.extender import sample, wait_ready
 from support.k8s import gpu_node, pod
 
 from scheduler.core.assignment import GpuPrediction
@@ -27,28 +26,6 @@ from scheduler.state.offline import ClusterObjects
 from scheduler.state.store import ClusterStore
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(\{{[^}}]*\}})? (\S+)$", line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            return float(match.group(2))
-    return 0.0
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"extender exited with {proc.returncode}: {proc.stderr!r}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("extender did not become ready")
 
 
 NAIVE_RESERVATION = '{"gang":"x/g","node":"gpu-1","indices":[0],"expires":"2026-11-28T10:00:00"}'

@@ -4,15 +4,13 @@ sending a following pod to the node the controller found warm."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.controlplane import REPO_ROOT, ControlPlane
-from support.e2e import INVENTORY_PATH, Cluster, ControllerProcess, wait_until
+from support.controlplane import ControlPlane
+from support.e2e import INVENTORY_PATH, Cluster, ControllerProcess, run_agent_once, wait_until
 
 from scheduler.inventory.status import format_time, now
 
@@ -185,28 +183,7 @@ def test_agent_publishes_disk_truth_that_the_scheduler_uses(
 ) -> None:
     plain, holder = cluster.node("plain"), cluster.node("holder")
     cache = hub_cache(tmp_path / "hub", "Qwen/Qwen2.5-7B-Instruct", "0123abcd")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scheduler.cli",
-            "agent",
-            "--node-name",
-            holder,
-            "--model-cache",
-            str(cache),
-            "--once",
-            "--kubeconfig",
-            str(cluster.cp.kubeconfig),
-            "--log-format",
-            "text",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_agent_once(cluster, holder, cache)
     assert result.returncode == 0, result.stderr
     inventory = cluster.get_inventory(holder)
     assert inventory is not None and inventory["status"]["source"] == "agent"

@@ -14,15 +14,13 @@ import json
 import os
 import stat
 import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.controlplane import REPO_ROOT
-from support.e2e import Cluster, Extender, wait_until
+from support.e2e import Cluster, Extender, run_agent_once, wait_until
 from support.podresources import KubeletServer, gpu_pod, podresources_binary, short_dir
 
 pytestmark = pytest.mark.e2e
@@ -64,12 +62,8 @@ def kubelet(tmp_path: Path) -> Iterator[KubeletServer]:
             state=tmp_path / "podresources.json",
             log=tmp_path / "podresources.log",
         )
-        server.set()
-        server.start(binary)
-        try:
+        with server.serving(binary):
             yield server
-        finally:
-            server.stop()
 
 
 class Agent:
@@ -87,30 +81,13 @@ class Agent:
             if self.socket is not None
             else ["--pod-resources-socket", str(self.cache / "no-kubelet.sock")]
         )
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "scheduler.cli",
-                "agent",
-                "--node-name",
-                self.node,
-                "--model-cache",
-                str(self.cache),
-                *socket_args,
-                "--once",
-                "--metrics-port",
-                "0",
-                "--kubeconfig",
-                str(self.cluster.cp.kubeconfig),
-                "--log-format",
-                "text",
-            ],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        result = run_agent_once(
+            self.cluster,
+            self.node,
+            self.cache,
+            *socket_args,
+            "--metrics-port",
+            "0",
             env={**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}"},
         )
         assert result.returncode == 0, result.stderr
@@ -119,17 +96,7 @@ class Agent:
 
 def held(extender: Extender, node: str) -> dict[int, tuple[str, str]]:
     """GPU -> (pod, source) as the extender's explain shows the node."""
-    body = {
-        "Pod": {"metadata": {"name": "probe", "namespace": "x"}, "spec": {}},
-        "NodeNames": [node],
-    }
-    request = urllib.request.Request(
-        extender.url + "/explain",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        (row,) = json.loads(response.read())["nodes"]
+    (row,) = extender.explain(node, namespace="x")
     return {h["index"]: (h["pod"], h["source"]) for h in row.get("heldGpus", [])}
 
 

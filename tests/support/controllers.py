@@ -46,6 +46,8 @@ from support.controlplane import (
     ApiError,
     ControlPlane,
     ControlPlaneUnavailable,
+    run_build_script,
+    tail_lines,
 )
 
 if TYPE_CHECKING:
@@ -80,10 +82,6 @@ LWS_POD_WEBHOOK_PATHS = ("/mutate--v1-pod", "/validate--v1-pod")
 # --- building -------------------------------------------------------------------------------
 
 
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
 def build_tool(
     script: Path, *, explicit_env: str, no_build: bool = False, timeout: float = BUILD_TIMEOUT_S
 ) -> Path:
@@ -100,25 +98,7 @@ def build_tool(
         return binary
     if no_build:
         env[_no_build_var(script)] = "1"
-    try:
-        proc = subprocess.run(
-            ["bash", str(script)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=env,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ControlPlaneUnavailable(f"{script} took longer than {timeout:.0f}s") from exc
-    except OSError as exc:
-        raise ControlPlaneUnavailable(f"cannot run {script}: {exc}") from exc
-    if proc.returncode != 0:
-        raise ControlPlaneUnavailable(
-            f"{script} failed (exit {proc.returncode}):\n{_tail(proc.stderr)}"
-        )
-    lines = proc.stdout.strip().splitlines()
-    binary = Path(lines[-1]) if lines else Path()
+    binary = run_build_script(script, env, timeout)
     if not os.access(binary, os.X_OK):
         raise ControlPlaneUnavailable(f"{script} printed {binary!s}, which is not executable")
     return binary
@@ -161,7 +141,7 @@ class Component:
 
     def log_tail(self, lines: int = 40) -> str:
         try:
-            return _tail(self.log_path.read_text(errors="replace"), lines)
+            return tail_lines(self.log_path.read_text(errors="replace"), lines)
         except OSError:
             return ""
 
@@ -356,7 +336,7 @@ def make_serving_cert(folder: Path, *, common_name: str = "kvsched-e2e-webhook")
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ControlPlaneUnavailable(f"openssl failed: {exc}") from exc
         if result.returncode != 0:
-            raise ControlPlaneUnavailable(f"{' '.join(step)} failed:\n{_tail(result.stderr)}")
+            raise ControlPlaneUnavailable(f"{' '.join(step)} failed:\n{tail_lines(result.stderr)}")
     return folder
 
 

@@ -66,13 +66,13 @@ class ApiError(Exception):
         self.body = body
 
 
-def _tail(text: str, lines: int = 40) -> str:
+def tail_lines(text: str, lines: int = 40) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def _file_tail(path: Path, lines: int = 40) -> str:
     try:
-        return _tail(path.read_text(errors="replace"), lines)
+        return tail_lines(path.read_text(errors="replace"), lines)
     except OSError:
         return ""
 
@@ -100,6 +100,33 @@ def _parse_env(text: str) -> dict[str, str]:
     return out
 
 
+def run_build_script(script: Path, env: Mapping[str, str], timeout: float) -> Path:
+    """Run a hack/*/build.sh with `env` and return the path it prints last on stdout.
+
+    Raises ControlPlaneUnavailable (with the tail of its stderr) when it cannot run, times out
+    or fails; whether the path is usable is the caller's to check.
+    """
+    try:
+        proc = subprocess.run(
+            ["bash", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ControlPlaneUnavailable(f"{script} took longer than {timeout:.0f}s") from exc
+    except OSError as exc:
+        raise ControlPlaneUnavailable(f"cannot run {script}: {exc}") from exc
+    if proc.returncode != 0:
+        raise ControlPlaneUnavailable(
+            f"{script} failed (exit {proc.returncode}):\n{tail_lines(proc.stderr)}"
+        )
+    lines = proc.stdout.strip().splitlines()
+    return Path(lines[-1]) if lines else Path()
+
+
 def build_binaries(*, timeout: float = BUILD_TIMEOUT_S) -> Path:
     """Run build.sh (seconds when cached) and return the directory holding the binaries.
 
@@ -112,25 +139,7 @@ def build_binaries(*, timeout: float = BUILD_TIMEOUT_S) -> Path:
         if missing:
             raise ControlPlaneUnavailable(f"KVSCHED_CP_BIN_DIR={bin_dir} lacks {missing}")
         return bin_dir
-    try:
-        proc = subprocess.run(
-            ["bash", str(BUILD_SH)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=env,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ControlPlaneUnavailable(f"{BUILD_SH} took longer than {timeout:.0f}s") from exc
-    except OSError as exc:
-        raise ControlPlaneUnavailable(f"cannot run {BUILD_SH}: {exc}") from exc
-    if proc.returncode != 0:
-        raise ControlPlaneUnavailable(
-            f"{BUILD_SH} failed (exit {proc.returncode}):\n{_tail(proc.stderr)}"
-        )
-    lines = proc.stdout.strip().splitlines()
-    bin_dir = Path(lines[-1]) if lines else Path()
+    bin_dir = run_build_script(BUILD_SH, env, timeout)
     if not all(os.access(bin_dir / b, os.X_OK) for b in BINARIES):
         raise ControlPlaneUnavailable(f"{BUILD_SH} printed {bin_dir!s}, which lacks {BINARIES}")
     return bin_dir
@@ -192,7 +201,7 @@ class ControlPlane:
         if proc.returncode != 0:
             cls._down(env)
             raise ControlPlaneUnavailable(
-                f"{UP_SH} failed (exit {proc.returncode}):\n{_tail(proc.stderr)}"
+                f"{UP_SH} failed (exit {proc.returncode}):\n{tail_lines(proc.stderr)}"
             )
         values = _parse_env(proc.stdout)
         try:

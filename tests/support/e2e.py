@@ -107,10 +107,10 @@ class Extender(ChildProcess):
         )
         wait_until(self.ready, timeout=60, what=f"extender ready on {self.url}")
 
-    def knows(self, node: str) -> bool:
-        """Whether `node` is in the extender's view (its /explain stops calling it unknown)."""
+    def explain(self, node: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+        """The extender's /explain rows for `node`, asked with an empty probe pod."""
         body = {
-            "Pod": {"metadata": {"name": "probe", "namespace": NAMESPACE}, "spec": {}},
+            "Pod": {"metadata": {"name": "probe", "namespace": namespace}, "spec": {}},
             "NodeNames": [node],
         }
         request = urllib.request.Request(
@@ -119,7 +119,12 @@ class Extender(ChildProcess):
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=5) as response:
-            rows = json.loads(response.read())["nodes"]
+            rows: list[dict[str, Any]] = json.loads(response.read())["nodes"]
+        return rows
+
+    def knows(self, node: str) -> bool:
+        """Whether `node` is in the extender's view (its /explain stops calling it unknown)."""
+        rows = self.explain(node)
         return bool(rows) and "unknown to kvsched" not in rows[0]["reason"]
 
     def ready(self) -> bool:
@@ -515,3 +520,38 @@ def cluster_objects(control_plane: ControlPlane, test_id: str) -> Iterator[Clust
         yield cluster
     finally:
         cluster.cleanup()
+
+
+def run_agent_once(
+    cluster: Cluster,
+    node: str,
+    model_cache: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`kvsched agent --once` for `node` against the cluster (as the DaemonSet runs it each
+    cycle), reading `model_cache`, with `args` added; its output captured, its exit not checked."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scheduler.cli",
+            "agent",
+            "--node-name",
+            node,
+            "--model-cache",
+            str(model_cache),
+            *args,
+            "--once",
+            "--kubeconfig",
+            str(cluster.cp.kubeconfig),
+            "--log-format",
+            "text",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )

@@ -12,6 +12,7 @@ built if needed, and a failed build fails the tests loudly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -134,6 +135,16 @@ class KubeletServer:
                 self.stop()
                 raise RuntimeError(f"podresources-server did not listen on {self.socket}")
             time.sleep(0.02)
+
+    @contextlib.contextmanager
+    def serving(self, binary: Path) -> Iterator[KubeletServer]:
+        """Started with an empty state (no pods, nothing allocatable); stopped on leaving."""
+        self.set()
+        self.start(binary)
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         if self.process is None:

@@ -42,9 +42,5 @@ def kubelet_server(
         state=tmp_path / "state.json",
         log=tmp_path / "podresources-server.log",
     )
-    server.set()
-    server.start(podresources_server_binary)
-    try:
+    with server.serving(podresources_server_binary):
         yield server
-    finally:
-        server.stop()

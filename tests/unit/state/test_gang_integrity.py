@@ -3,16 +3,14 @@ Terminating and finished pods, and members recreated under a new UID."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
+from support.gangs import LLAMA_70B, schedule
+from support.gangs import store_with as gang_store
 from support.k8s import gpu_node, pod
 
-from scheduler.models.catalog import Catalog
 from scheduler.state.store import ClusterStore
 
-LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
-T0 = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.UTC)
 NODES = [gpu_node(f"n{i}", labels={"topology.kubernetes.io/zone": "a"}) for i in range(4)]
 
 
@@ -46,18 +44,7 @@ def member(
 
 
 def store_with(pods: list[dict[str, Any]]) -> ClusterStore:
-    store = ClusterStore(Catalog.builtin(), clock=lambda: T0, gang_ttl_s=120)
-    store.replace_kind("Node", NODES)
-    for p in pods:
-        store.upsert_pod(p)
-    store.synced = True
-    return store
-
-
-def schedule(store: ClusterStore, p: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    names = store.node_names()
-    result = store.filter(store.demand(p), names)
-    return result.passed, {**result.failed, **result.unresolvable}
+    return gang_store(NODES, pods)
 
 
 def test_members_disagreeing_on_size_each_get_a_reason_naming_both_values() -> None:

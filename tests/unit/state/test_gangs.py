@@ -5,23 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from support.gangs import LLAMA_70B, T0, Clock, schedule, store_with
 from support.k8s import gpu_node, pod
 
 from scheduler.core.assignment import GpuReservation
 from scheduler.extender.explain import explain_rows
-from scheduler.models.catalog import Catalog
-from scheduler.state.store import ClusterStore
-
-LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
-T0 = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 def zone_node(name: str, zone: str, gpus: int = 8) -> dict[str, Any]:
@@ -39,23 +27,6 @@ def member(
         **extra,
     }
     return pod(name, gpus=gpus, annotations=annotations)
-
-
-def store_with(
-    nodes: list[dict[str, Any]], pods: list[dict[str, Any]], clock: Clock | None = None
-) -> ClusterStore:
-    store = ClusterStore(Catalog.builtin(), clock=clock or Clock(), gang_ttl_s=120)
-    store.replace_kind("Node", nodes)
-    for p in pods:
-        store.upsert_pod(p)
-    store.synced = True
-    return store
-
-
-def schedule(store: ClusterStore, p: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    names = store.node_names()
-    result = store.filter(store.demand(p), names)
-    return result.passed, {**result.failed, **result.unresolvable}
 
 
 ZONES = [

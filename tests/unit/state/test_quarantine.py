@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support.fake_kube import FakeApi, run_until_exhausted, with_kind
 from support.k8s import gpu_node, pod
 
 from scheduler.core.assignment import GpuPrediction
@@ -21,52 +21,7 @@ from scheduler.models.catalog import Catalog
 from scheduler.state.kube import KubeError, ObjectList
 from scheduler.state.objects import read_pod
 from scheduler.state.store import ClusterStore
-from scheduler.state.sync import ClusterSync, SyncSettings
-
-
-class FakeApi:
-    """Scripted lists and watch streams per kind (as in test_sync), list and watch only."""
-
-    def __init__(self) -> None:
-        self.lists: dict[str, list[ObjectList | Exception]] = {}
-        self.watches: dict[str, list[list[dict[str, Any]]]] = {}
-        self.calls: list[tuple[str, ...]] = []
-        self.exhausted = threading.Event()
-
-    def list(self, kind: str) -> ObjectList:
-        self.calls.append(("list", kind))
-        scripted = self.lists.get(kind) or [ObjectList([], "1")]
-        result = scripted.pop(0) if len(scripted) > 1 else scripted[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def watch(self, kind: str, resource_version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
-        self.calls.append(("watch", kind, resource_version))
-        scripted = self.watches.get(kind) or []
-        if not scripted:
-            self.exhausted.set()
-            raise KubeError("no more scripted watches")
-        yield from scripted.pop(0)
-
-
-def with_kind(obj: dict[str, Any], kind: str, rv: str = "1") -> dict[str, Any]:
-    obj = {**obj, "kind": kind}
-    obj["metadata"] = {**obj["metadata"], "resourceVersion": rv}
-    return obj
-
-
-def run_until_exhausted(api: FakeApi, store: ClusterStore, kind: str) -> ClusterSync:
-    sync = ClusterSync(api, store, SyncSettings(backoff_initial_s=0.5))
-
-    def sleep_and_stop(seconds: float) -> None:
-        if api.exhausted.is_set():
-            sync.stop()
-
-    sync._sleep = sleep_and_stop
-    sync.run_kind(kind)
-    return sync
-
+from scheduler.state.sync import ClusterSync
 
 NAIVE_RESERVATION = '{"gang":"x/g","node":"a","indices":[0],"expires":"2026-11-28T10:00:00"}'
 
