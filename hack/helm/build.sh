@@ -28,31 +28,17 @@
 # installed Go 1.26.x (GOTOOLCHAIN=local is forced here; the script checks the module's `go` line).
 set -euo pipefail
 
+# shellcheck source=../lib/gobuild.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/gobuild.sh"
+gb_init helm/build.sh
+
 VERSION="${KVSCHED_HELM_VERSION:-v4.3.2}"
 VERSION="v${VERSION#v}"
-CACHE="${KVSCHED_CACHE:-$HOME/.cache/kvsched}"
-NICE="${KVSCHED_BUILD_NICE:-19}"
-PROCS="${KVSCHED_BUILD_PROCS:-2}"
 MODULE="helm.sh/helm/v${VERSION:1:1}"
 
 ROOT="$CACHE/helm-$VERSION"
 BIN="$ROOT/bin"
 BINARY="$BIN/helm"
-
-log() { printf 'helm/build.sh: %s\n' "$*" >&2; }
-die() {
-    printf 'helm/build.sh: ERROR: %s\n' "$*" >&2
-    exit 1
-}
-
-fail_with_log() {
-    local what="$1" logfile="$2"
-    {
-        printf 'helm/build.sh: ERROR: %s failed; last lines of %s:\n' "$what" "$logfile"
-        tail -n 40 "$logfile" | sed 's/^/    /'
-    } >&2
-    exit 1
-}
 
 # The binary is usable when it runs and says it is this version ("v4.3.2+g..." or "v4.3.2").
 binary_ok() {
@@ -62,64 +48,22 @@ binary_ok() {
     [[ "$out" == "$VERSION"* ]]
 }
 
-if [[ "${KVSCHED_FORCE_REBUILD:-0}" != 1 ]] && binary_ok "$BINARY"; then
-    log "cached: $BINARY ($("$BINARY" version --short 2>&1 | head -n1))"
-    echo "$BINARY"
-    exit 0
-fi
+describe() { "$1" version --short 2>&1 | head -n1; }
+gb_exit_if_cached "$BINARY" describe binary_ok "$BINARY"
+gb_exit_if_no_build KVSCHED_HELM_NO_BUILD "no usable $BINARY" " (or make helm)"
 
-if [[ "${KVSCHED_HELM_NO_BUILD:-0}" == 1 ]]; then
-    printf 'helm/build.sh: ERROR: %s\n' "no usable $BINARY and KVSCHED_HELM_NO_BUILD=1; run $0 (or make helm) without it" >&2
-    exit 3
-fi
-
-command -v go >/dev/null 2>&1 || die "go is not on PATH; install Go >= 1.26 to build helm"
-
-mkdir -p "$ROOT"
-exec 9>"$ROOT/.build.lock"
-if command -v flock >/dev/null 2>&1; then
-    flock -n 9 || {
-        log "another build holds $ROOT/.build.lock; waiting"
-        flock 9
-    }
-    if [[ "${KVSCHED_FORCE_REBUILD:-0}" != 1 ]] && binary_ok "$BINARY"; then
-        log "built by another process: $BINARY"
-        echo "$BINARY"
-        exit 0
-    fi
-fi
-
-export GOMODCACHE="$ROOT/gomod"
-export GOCACHE="$ROOT/gocache"
-export GOTOOLCHAIN=local
-export GOFLAGS="-mod=readonly -buildvcs=false"
-export GOMAXPROCS="$PROCS"
-export CGO_ENABLED=0
-export GOWORK=off
-unset GOOS GOARCH
-
-gorun() { nice -n "$NICE" go "$@"; }
+gb_require_go "helm" 1.26
+gb_lock "$ROOT" "$BINARY" binary_ok "$BINARY"
+gb_go_env "$ROOT" readonly 0
 
 WORK="$ROOT/work"
-STAGE="$BIN.partial.$$"
-rm -rf "$WORK" "$STAGE"
-mkdir -p "$WORK" "$STAGE"
-trap 'rm -rf "$STAGE"' EXIT
+gb_stage_dir "$WORK" "$BIN"
 LOG="$WORK/build.log"
 
-log "downloading $MODULE@$VERSION"
-if ! (cd "$WORK" && gorun mod download -json "$MODULE@$VERSION") >"$WORK/download.json" 2>"$LOG"; then
-    cat "$WORK/download.json" >>"$LOG" 2>/dev/null || true
-    fail_with_log "go mod download $MODULE@$VERSION" "$LOG"
-fi
-SRC="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' "$WORK/download.json" | head -n1)"
+gb_mod_download "$MODULE@$VERSION" "$WORK" "$LOG"
+SRC="$MOD_DIR"
 [[ -d "$SRC/cmd/helm" ]] || die "no cmd/helm in the downloaded module (see $WORK/download.json)"
-
-MOD_GO="$(awk '$1 == "go" { print $2; exit }' "$SRC/go.mod")"
-GO_VERSION="$(go env GOVERSION)"
-if [[ -n "$MOD_GO" && "$(printf '%s\n%s\n' "$MOD_GO" "${GO_VERSION#go}" | sort -V | head -n1)" != "$MOD_GO" ]]; then
-    die "$MODULE@$VERSION needs go $MOD_GO but $GO_VERSION is installed (GOTOOLCHAIN=local)"
-fi
+gb_check_go_version "$SRC/go.mod" "$MODULE@$VERSION"
 
 # Build in a writable copy (the module cache is read-only).
 cp -R "$SRC" "$WORK/src"
@@ -135,8 +79,6 @@ fi
 binary_ok "$STAGE/helm" || die "$STAGE/helm version --short does not name $VERSION: $("$STAGE/helm" version --short 2>&1 | head -n3)"
 rm -rf "$WORK/src"
 
-rm -rf "$BIN"
-mv "$STAGE" "$BIN"
-trap - EXIT
+gb_install "$BIN"
 log "done: $BINARY ($("$BINARY" version --short 2>&1 | head -n1))"
 echo "$BINARY"
