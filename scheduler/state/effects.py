@@ -26,8 +26,6 @@ TTL); a reservation whose time is up is ignored when read back.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from typing import Protocol
 
 from scheduler.core.assignment import GpuReservation
 from scheduler.state.contracts import Binder
+from scheduler.state.worker import QueueWorker
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +162,7 @@ class EffectWriter:
         queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         self._applier = _Applier(binder, observer)
-        self._queue: queue.Queue[Effect | None] = queue.Queue(queue_size)
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._worker: QueueWorker[Effect] = QueueWorker("effects", self._applier.apply, queue_size)
 
     @property
     def observer(self) -> EffectObserver:
@@ -176,33 +173,19 @@ class EffectWriter:
         self._applier.observer = observer
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="effects", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Take no more, write what is queued, and wait at most `timeout_s`: a write stuck on
         an unreachable API server is abandoned (a daemon thread)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread is None:
-            return
-        deadline = time.monotonic() + timeout_s
-        try:
-            self._queue.put(None, timeout=timeout_s)
-        except queue.Full:
-            return
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._worker.stop(timeout_s)
 
     def submit(self, effects: Sequence[Effect]) -> None:
         for effect in effects:
-            if self._closed:
-                self._applier.observer.effect_done(effect.kind, "dropped")
+            if self._worker.offer(effect):
                 continue
-            try:
-                self._queue.put_nowait(effect)
-            except queue.Full:
-                self._applier.observer.effect_done(effect.kind, "dropped")
+            self._applier.observer.effect_done(effect.kind, "dropped")
+            if not self._worker.closed:
                 log.warning(
                     "gang %s: effect queue full; %s on %s/%s dropped (not durable)",
                     effect.gang,
@@ -213,11 +196,4 @@ class EffectWriter:
 
     def pending(self) -> int:
         """Effects queued and not yet written."""
-        return self._queue.qsize()
-
-    def _run(self) -> None:
-        while True:
-            effect = self._queue.get()
-            if effect is None:
-                return
-            self._applier.apply(effect)
+        return self._worker.pending()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import queue
 import socket
 import threading
 import time
@@ -35,6 +34,7 @@ from scheduler.core.demand import PodDemand
 from scheduler.state.contracts import BindResult, FilterResult
 from scheduler.state.kube import EventApi, KubeError, micro_time
 from scheduler.state.quarantine import Rejection
+from scheduler.state.worker import QueueWorker
 
 log = logging.getLogger(__name__)
 
@@ -225,34 +225,25 @@ class EventRecorder:
         self.observer: EventObserver = observer or _NullObserver()
         self.instance = (instance or socket.gethostname() or "kvsched")[:INSTANCE_LIMIT]
         self.clock = clock
-        self._queue: queue.Queue[_Pending | None] = queue.Queue(queue_size)
+        self._worker: QueueWorker[_Pending] = QueueWorker("events", self.write, queue_size)
         self._recent: TTLCache[Hashable, bool] = TTLCache(dedupe_keys, dedupe_ttl_s, timer=timer)
         # Verbs offer from the event loop and from bind threads at once.
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._closed = False
         self._last_failure_log: float | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="events", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Stop taking events, write those already queued, and wait at most `timeout_s`: a
         write stuck on an unreachable API server is abandoned (a daemon thread)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread is None:
-            return
-        deadline = time.monotonic() + timeout_s
-        try:
-            self._queue.put(None, timeout=timeout_s)
-        except queue.Full:
-            return
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._worker.stop(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._worker.running
 
     # ---- offered by the verbs (hot path: no I/O, no message building) --------------------
 
@@ -326,7 +317,7 @@ class EventRecorder:
 
     def _admit(self, key: Hashable, reason: str) -> bool:
         """Whether an event is news: not stopped, and not offered within the dedupe window."""
-        if self._closed:
+        if self._worker.closed:
             self.observer.event_recorded(reason, "dropped")
             return False
         with self._lock:
@@ -338,22 +329,13 @@ class EventRecorder:
         return not duplicate
 
     def _enqueue(self, key: Hashable, pending: _Pending) -> None:
-        try:
-            self._queue.put_nowait(pending)
-        except queue.Full:
+        if not self._worker.offer(pending):
             with self._lock:
                 # Not written: a later occurrence may try again.
                 self._recent.pop(key, None)
             self.observer.event_recorded(pending.reason, "dropped")
 
     # ---- the writer thread --------------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            pending = self._queue.get()
-            if pending is None:
-                return
-            self.write(pending)
 
     def write(self, pending: _Pending) -> None:
         """Write one event; a failure is counted and logged, never raised."""

@@ -26,13 +26,13 @@ import pytest
 import yaml
 from support.controlplane import REPO_ROOT, ApiError, ControlPlane, ControlPlaneUnavailable
 from support.e2e import NAMESPACE, Cluster, Extender, SchedulerProcess, wait_until
+from support.helm import find_helm as support_find_helm
 
 from topology.presets import PRESETS
 
 pytestmark = pytest.mark.e2e
 
 CHART = REPO_ROOT / "charts" / "kvsched"
-HELM_BUILD_SH = REPO_ROOT / "hack" / "helm" / "build.sh"
 RELEASE = "kvsched"
 RELEASE_NS = "kvsched-system"
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
@@ -45,29 +45,10 @@ def _mode() -> str:
 
 
 def find_helm() -> Path:
-    if explicit := os.environ.get("KVSCHED_HELM_BIN"):
-        return Path(explicit)
     mode = _mode()
     if mode == "off":
         pytest.skip("KVSCHED_E2E=0: e2e tests disabled")
-    env = dict(os.environ)
-    if mode == "auto":
-        env["KVSCHED_HELM_NO_BUILD"] = "1"
-    proc = subprocess.run(
-        ["bash", str(HELM_BUILD_SH)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        timeout=3600,
-    )
-    if proc.returncode != 0:
-        if mode == "required":
-            pytest.fail(f"helm unavailable (required here): {proc.stderr[-2000:]}", pytrace=False)
-        pytest.skip(
-            "helm is built from Go modules: run `make helm` once (cached in ~/.cache/kvsched)"
-        )
-    return Path(proc.stdout.strip().splitlines()[-1])
+    return support_find_helm(required=mode == "required")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,13 @@ from typing import Any
 import pytest
 import yaml
 from support.controlplane import ControlPlaneUnavailable, build_binaries
+from support.helm import find_helm
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kvsched"
 VALUES = CHART / "values.yaml"
 SCHEMA = CHART / "values.schema.json"
 README = CHART / "README.md"
-HELM_BUILD_SH = ROOT / "hack" / "helm" / "build.sh"
 NAMESPACE = "kvsched-system"
 RELEASE = "kvsched"
 
@@ -51,32 +51,9 @@ def _required() -> bool:
 # --- the tools ------------------------------------------------------------------------------
 
 
-def find_helm() -> Path:
-    """helm from KVSCHED_HELM_BIN, or hack/helm/build.sh's cache (built here only in CI)."""
-    if explicit := os.environ.get("KVSCHED_HELM_BIN"):
-        return Path(explicit)
-    env = dict(os.environ)
-    if not _required():
-        env["KVSCHED_HELM_NO_BUILD"] = "1"
-    proc = subprocess.run(
-        ["bash", str(HELM_BUILD_SH)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        timeout=3600,
-    )
-    if proc.returncode != 0:
-        hint = "helm is built from Go modules: run `make helm` once (cached in ~/.cache/kvsched)"
-        if _required():
-            pytest.fail(f"helm unavailable (required in CI): {proc.stderr[-2000:]}", pytrace=False)
-        pytest.skip(hint)
-    return Path(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    binary = find_helm()
+    binary = find_helm(required=_required())
     home = tmp_path_factory.mktemp("helm-home")
     with pytest.MonkeyPatch.context() as mp:
         for key in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):

@@ -225,7 +225,7 @@ def test_stop_writes_what_was_queued_then_takes_no_more() -> None:
         events.placed("llm", f"p{index}", f"uid-{index}", bound())
     events.start()
     events.stop()
-    assert events._thread is not None and not events._thread.is_alive()
+    assert not events.running
     assert len(api.events) == 3
     events.placed("llm", "late", "uid-late", bound())
     assert outcomes.counts[(PLACED, "dropped")] == 1
