@@ -183,15 +183,20 @@ def gpu_request(pod: Mapping[str, Any]) -> int:
     return max(app, init)
 
 
-def parse_demand(pod: Mapping[str, Any], catalog: Catalog) -> PodDemand:
-    """Parse a core/v1 Pod (as JSON) into a PodDemand; bad input goes into `.error`."""
+def parse_demand(
+    pod: Mapping[str, Any], catalog: Catalog, pod_groups: Mapping[str, int] | None = None
+) -> PodDemand:
+    """Parse a core/v1 Pod (as JSON) into a PodDemand; bad input goes into `.error`.
+    `pod_groups` maps "namespace/name" of the PodGroup objects the caller knows to their
+    `minMember`: the size of a `scheduling.x-k8s.io/pod-group` member without
+    kvsched.io/gang-size."""
     raw_meta = pod.get("metadata")
     meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
     namespace = _text(meta.get("namespace")) or "default"
     name = _text(meta.get("name"))
     uid = _text(meta.get("uid"))
     try:
-        return _parse(pod, meta, namespace, name, uid, catalog)
+        return _parse(pod, meta, namespace, name, uid, catalog, pod_groups)
     except DemandError as exc:
         gpus = 0
         with contextlib.suppress(DemandError):
@@ -206,6 +211,7 @@ def _parse(
     name: str,
     uid: str,
     catalog: Catalog,
+    pod_groups: Mapping[str, int] | None = None,
 ) -> PodDemand:
     annotations = _string_map(meta.get("annotations"), "metadata.annotations")
     labels = _string_map(meta.get("labels"), "metadata.labels")
@@ -229,7 +235,7 @@ def _parse(
     topology_key = _name(annotations, A_TOPOLOGY_KEY)
     if topology_key is not None and not topology_key.strip():
         raise DemandError(f"annotation {A_TOPOLOGY_KEY}={echo(topology_key)} must be a label key")
-    gang = _gang(namespace, annotations, labels)
+    gang = _gang(namespace, annotations, labels, pod_groups)
     if topology_key is None and gang is not None:
         # LWS exclusive placement: the group must share this key's value (LWS's affinity).
         exclusive = _name(annotations, LWS_EXCLUSIVE_TOPOLOGY)
@@ -382,7 +388,10 @@ def _with_model(
 
 
 def _gang(
-    namespace: str, annotations: Mapping[str, str], labels: Mapping[str, str]
+    namespace: str,
+    annotations: Mapping[str, str],
+    labels: Mapping[str, str],
+    pod_groups: Mapping[str, int] | None = None,
 ) -> GangRef | None:
     gang = _name(annotations, A_GANG)
     size_text = annotations.get(A_GANG_SIZE)
@@ -404,25 +413,28 @@ def _gang(
         group_key = _name(labels, LWS_GROUP_KEY, "label") or ""
         return GangRef(namespace, "lws-" + group_key, size, "leaderworkerset")
     if POD_GROUP_LABEL in labels:
-        # The PodGroup's minMember lives in another object; kvsched reads the size from
-        # kvsched.io/gang-size on the members.
+        # The size: kvsched.io/gang-size on the member, else the PodGroup object's minMember
+        # (the caller's `pod_groups`, read from the API), else unknown.
+        group = _name(labels, POD_GROUP_LABEL, "label") or ""
         size = _positive_int(A_GANG_SIZE, size_text) if size_text is not None else None
-        return GangRef(namespace, _name(labels, POD_GROUP_LABEL, "label") or "", size, "pod-group")
+        if size is None and pod_groups:
+            size = pod_groups.get(f"{namespace}/{group}")
+        return GangRef(namespace, group, size, "pod-group")
     if size_text is not None:
         raise DemandError(f"annotation {A_GANG_SIZE}={echo(size_text)} needs {A_GANG} to be set")
     return None
 
 
-def gang_of(pod: Mapping[str, Any]) -> GangRef | None:
+def gang_of(pod: Mapping[str, Any], pod_groups: Mapping[str, int] | None = None) -> GangRef | None:
     """The group a pod belongs to, or None (also None when its group annotations are broken:
-    parse_demand reports those)."""
+    parse_demand reports those). `pod_groups` as for `parse_demand`."""
     meta = pod.get("metadata")
     if not isinstance(meta, Mapping):
         return None
     try:
         annotations = _string_map(meta.get("annotations"), "metadata.annotations")
         labels = _string_map(meta.get("labels"), "metadata.labels")
-        return _gang(_text(meta.get("namespace")) or "default", annotations, labels)
+        return _gang(_text(meta.get("namespace")) or "default", annotations, labels, pod_groups)
     except DemandError:
         return None
 

@@ -155,14 +155,16 @@ class Verbs:
             data = {"Pod": data}
         args = parse_extender_args(data, default_names=self.store.node_names())
         # explain must not make a pod bindable: parse without recording it as seen.
-        demand = parse_demand(args.pod, self.store.catalog)
+        demand = parse_demand(args.pod, self.store.catalog, self.store.pod_groups)
         return explanation(self.store, demand, args.node_names, self.extra_nodes(args.nodes))
 
     def explain_stored(self, namespace: str, name: str) -> tuple[Any, int]:
         pod = self.store.pod_object(namespace, name)
         if pod is None:
             return {"Error": f"pod {namespace}/{name} not found"}, 404
-        return explanation(self.store, parse_demand(pod, self.store.catalog), None), 200
+        return explanation(
+            self.store, parse_demand(pod, self.store.catalog, self.store.pod_groups), None
+        ), 200
 
 
 def _lifespan(

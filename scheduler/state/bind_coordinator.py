@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from scheduler.core.assignment import GpuPrediction, uuids_for
@@ -69,6 +70,7 @@ class BindCoordinator:
         catalog: Catalog,
         scoring: ScoringConfig,
         retry_wait_s: float = 2.0,
+        pod_groups: Mapping[str, int] | None = None,
     ) -> None:
         self.cache = cache
         self.gangs = gangs
@@ -77,6 +79,7 @@ class BindCoordinator:
         self.catalog = catalog
         self.scoring = scoring
         self.retry_wait_s = retry_wait_s
+        self.pod_groups: Mapping[str, int] = pod_groups if pod_groups is not None else {}
         # Binds waiting on the API server, by pod UID.
         self._in_flight: dict[str, _BindCall] = {}
 
@@ -146,7 +149,7 @@ class BindCoordinator:
             # E.g. filter ran before a restart of ours: the watched pod says the same.
             obj = self.cache.pod_object(namespace, name)
             if obj is not None and pod_record(obj).uid == uid:
-                demand = parse_demand(obj, self.catalog)
+                demand = parse_demand(obj, self.catalog, self.pod_groups)
         if demand is None:
             raise BindError(
                 f"pod {namespace}/{name} (uid {uid}) was not seen by filter: cannot bind"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from scheduler.core.assignment import GpuReservation
 from scheduler.core.demand import PodDemand, parse_demand
@@ -68,6 +68,7 @@ class GangCoordinator:
         clock: Callable[[], dt.datetime],
         ttl_s: float,
         absent_ttl_s: float = 600.0,
+        pod_groups: Mapping[str, int] | None = None,
     ) -> None:
         self.cache = cache
         self.pending = pending
@@ -76,6 +77,8 @@ class GangCoordinator:
         self.clock = clock
         self.ttl_s = ttl_s
         self.absent_ttl_s = absent_ttl_s
+        # PodGroup minMember by `namespace/name` (the store's; see state.podgroups).
+        self.pod_groups: Mapping[str, int] = pod_groups if pod_groups is not None else {}
         self.book = GangBook(clock)
 
     # ---- queries -------------------------------------------------------------------------
@@ -266,7 +269,7 @@ class GangCoordinator:
         for record in bound:
             obj = self.cache.pod_object(record.namespace, record.name)
             if obj is not None:
-                taken.add(parse_demand(obj, self.catalog).gang_index)
+                taken.add(parse_demand(obj, self.catalog, self.pod_groups).gang_index)
         if any(d.gang_index is not None for d in unbound):
             size = len(unbound) + len(bound) + missing
             free: list[int | None] = [i for i in range(size) if i not in taken]
@@ -303,7 +306,7 @@ class GangCoordinator:
             if record.name not in unbound and record.name not in bound:
                 obj = self.cache.pod_object(record.namespace, record.name)
                 if obj is not None:
-                    unbound[record.name] = parse_demand(obj, self.catalog)
+                    unbound[record.name] = parse_demand(obj, self.catalog, self.pod_groups)
         for seen in self.pending.demands():
             if (
                 seen.gang is None
@@ -328,7 +331,10 @@ class GangCoordinator:
         for d in unbound:
             sizes.setdefault(d.gang.size if d.gang is not None else None, []).append(d.name)
         for record in bound:
-            sizes.setdefault(record.gang_size, []).append(record.name)
+            size = record.gang_size  # the member's own annotation
+            if size is None and gang.source == "pod-group":
+                size = self.pod_groups.get(gang.key)  # the PodGroup's minMember, as for `gang`
+            sizes.setdefault(size, []).append(record.name)
         if len(sizes) > 1:
             return f"gang {gang.key}: members disagree on kvsched.io/gang-size: " + " vs ".join(
                 f"{'unset' if size is None else size} ({_names(members)})"
@@ -337,7 +343,8 @@ class GangCoordinator:
         if gang.size is None:
             return (
                 f"gang {gang.key} has no size: set kvsched.io/gang-size (or the "
-                "LeaderWorkerSet size annotation) on its members"
+                "LeaderWorkerSet size annotation) on its members, or create its PodGroup "
+                "with spec.minMember"
             )
         total = len(unbound) + len(bound)
         if total > gang.size:

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 INVENTORY_GROUP = "kvsched.io"
 INVENTORY_VERSION = "v1alpha1"
 INVENTORY_PLURAL = "nodeinventories"
+PODGROUP_GROUP = "scheduling.x-k8s.io"  # the coscheduling plugin's PodGroup (namespaced)
+PODGROUP_VERSION = "v1alpha1"
+PODGROUP_PLURAL = "podgroups"
 LIST_PAGE = 500
 # Connections kept open to the API server. At least as many as calls made at once (the
 # extender's concurrent binds, see scheduler/extender/app.py): a call that finds the pool empty
@@ -111,7 +114,10 @@ class EventApi(Protocol):
         ...
 
 
-KINDS = ("Node", "Pod", "NodeInventory")
+KINDS = ("Node", "Pod", "NodeInventory", "PodGroup")
+# Kinds whose API may not be served (CRDs: NodeInventory, the coscheduling PodGroup): a 404
+# is not fatal, the informer retries (see sync.ClusterSync.run_kind).
+OPTIONAL_KINDS = frozenset({"NodeInventory", "PodGroup"})
 
 
 def _translate(exc: ApiException, what: str) -> KubeError:
@@ -183,6 +189,10 @@ class KubeApi:
         if kind == "NodeInventory":
             return self.custom.list_cluster_custom_object(
                 INVENTORY_GROUP, INVENTORY_VERSION, INVENTORY_PLURAL, **kwargs
+            )
+        if kind == "PodGroup":
+            return self.custom.list_cluster_custom_object(
+                PODGROUP_GROUP, PODGROUP_VERSION, PODGROUP_PLURAL, **kwargs
             )
         raise ValueError(f"kvsched does not list {kind}")
 

@@ -1,4 +1,5 @@
-"""Offline mode input: Nodes, NodeInventories and Pods from files `kubectl get -o yaml|json` wrote.
+"""Offline mode input: Nodes, NodeInventories, Pods and PodGroups from files
+`kubectl get -o yaml|json` wrote.
 
 Accepts single objects, multi-document YAML, `kind: List` / `NodeList` / `PodList` wrappers,
 JSON, and folders of such files (read in name order, recursively). Objects of other kinds are
@@ -29,6 +30,7 @@ class ClusterObjects:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     inventories: list[dict[str, Any]] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    pod_groups: list[dict[str, Any]] = field(default_factory=list)
     configmaps: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
 
@@ -51,6 +53,7 @@ class ClusterObjects:
             "Node": self.nodes,
             "NodeInventory": self.inventories,
             "Pod": self.pods,
+            "PodGroup": self.pod_groups,
             "ConfigMap": self.configmaps,
         }.get(str(kind))
         if target is None:

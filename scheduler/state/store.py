@@ -61,6 +61,8 @@ from scheduler.state.nodecache import KINDS, NodeCache
 from scheduler.state.objects import TERMINAL_PHASES, PodRecord, pod_key
 from scheduler.state.offline import ClusterObjects
 from scheduler.state.pending import PendingPods
+from scheduler.state.podgroups import KIND as POD_GROUP
+from scheduler.state.podgroups import PodGroups
 from scheduler.state.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
@@ -114,13 +116,29 @@ class ClusterStore:
         self.memo = EvaluationMemo(scoring, self._lock, memo_pods, max_shapes)
         self.cache = NodeCache(catalog, self.memo, self._lock, self.quarantine, pending_pods)
         self.pending = PendingPods(self._lock, pending_pods)
+        # PodGroup minMember by `namespace/name` (the size of pod-group members without one).
+        self.pod_groups = PodGroups()
         self.gangs = GangCoordinator(
-            self.cache, self.pending, catalog, scoring, clock, gang_ttl_s, gang_absent_ttl_s
+            self.cache,
+            self.pending,
+            catalog,
+            scoring,
+            clock,
+            gang_ttl_s,
+            gang_absent_ttl_s,
+            pod_groups=self.pod_groups,
         )
         self.cache.reserved_on = self.gangs.records_on
         self.cache.on_put = self.gangs.track
         self.binds = BindCoordinator(
-            self.cache, self.gangs, self.pending, self.binder, catalog, scoring, bind_retry_wait_s
+            self.cache,
+            self.gangs,
+            self.pending,
+            self.binder,
+            catalog,
+            scoring,
+            bind_retry_wait_s,
+            pod_groups=self.pod_groups,
         )
         self.synced = False
         # Kinds whose view is not in sync now, and why (never listed, a relist failed); the
@@ -157,6 +175,7 @@ class ClusterStore:
     def load(self, objects: ClusterObjects) -> None:
         """Offline mode: replace everything with the objects of a cluster file."""
         with self._lock:
+            self.replace_kind(POD_GROUP, objects.pod_groups)
             self.replace_kind("NodeInventory", objects.inventories, rebuild=False)
             self.replace_kind("Pod", objects.pods, rebuild=False)
             self.replace_kind("Node", objects.nodes)
@@ -166,12 +185,19 @@ class ClusterStore:
         self, kind: str, items: Iterable[Mapping[str, Any]], rebuild: bool = True
     ) -> None:
         """All objects of one kind, as a (re-)list returns them (see NodeCache.replace_kind)."""
+        if kind == POD_GROUP:
+            with self._lock:
+                self.pod_groups.replace(items)
+            return
         self.cache.replace_kind(kind, items, rebuild)
 
     def upsert(self, kind: str, obj: Mapping[str, Any]) -> None:
         """An ADDED or MODIFIED object from a watch."""
         if kind == "Pod":
             self.upsert_pod(obj)
+        elif kind == POD_GROUP:
+            with self._lock:
+                self.pod_groups.put(obj)
         elif kind in KINDS:
             self.cache.put_node(kind, obj)
         else:
@@ -184,6 +210,10 @@ class ClusterStore:
             if key is not None:
                 self.quarantine.clear("Pod", key)
                 self.delete_pod(key)
+            return
+        if kind == POD_GROUP:
+            with self._lock:
+                self.pod_groups.remove(obj)
             return
         if kind not in KINDS:
             raise ValueError(f"kvsched does not track {kind}")
@@ -249,7 +279,7 @@ class ClusterStore:
 
     def demand(self, pod: Mapping[str, Any]) -> PodDemand:
         """The pod's demand, remembered for bind and gang planning."""
-        demand = parse_demand(pod, self.catalog)
+        demand = parse_demand(pod, self.catalog, self.pod_groups)
         self.pending.remember(demand, pod)
         return demand
 

@@ -1,6 +1,6 @@
 """Keep a ClusterStore in step with the API server: list, then watch, per kind, in threads.
 
-Each kind (Node, Pod, NodeInventory) runs the informer loop:
+Each kind (Node, Pod, NodeInventory, PodGroup) runs the informer loop:
 
 1. list everything (paged) and replace the store's objects of that kind; the list's
    resourceVersion is where the watch starts;
@@ -11,7 +11,8 @@ Each kind (Node, Pod, NodeInventory) runs the informer loop:
 
 The store is ready once every kind has been listed once. A missing NodeInventory CRD is not
 fatal: inventories count as empty and the list is retried with backoff, so nodes are still
-scheduled from their labels.
+scheduled from their labels. Nor is a missing PodGroup CRD (or, for PodGroups alone, a 403:
+RBAC from before kvsched read them): pod-group members then need kvsched.io/gang-size.
 
 Hostile objects: the target converts each object on its own and quarantines what it cannot
 understand, so neither a watch event nor a relist fails on one object; should applying one
@@ -31,7 +32,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scheduler.state.kube import KINDS, ClusterApi, GoneError, KubeError, NotFoundError
+from scheduler.state.kube import (
+    KINDS,
+    OPTIONAL_KINDS,
+    ClusterApi,
+    GoneError,
+    KubeError,
+    NotFoundError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +149,22 @@ class ClusterSync:
                 self.observer.watch_restarted(kind, "gone")
                 log.info("watch %s: resourceVersion expired, listing again", kind)
             except NotFoundError as exc:
-                if kind != "NodeInventory":
+                if kind not in OPTIONAL_KINDS:
                     raise
-                # No CRD: schedule from labels; keep looking for it.
-                self._mark_listed(kind)
-                self.store.sync_problem(kind, None)
+                # No CRD: schedule from labels (NodeInventory) or from the members' own
+                # annotations (PodGroup); keep looking for it.
                 failures += 1
-                self.observer.watch_restarted(kind, "not_found")
-                log.warning("NodeInventory not served (%s); retrying", exc)
+                self._not_served(kind, "not_found", f"{kind} not served ({exc}); retrying")
                 self._sleep(self._backoff(failures))
             except Exception as exc:  # any error: back off and start over from a list
                 failures += 1
+                if kind == "PodGroup" and isinstance(exc, KubeError) and exc.status == 403:
+                    # Not allowed to read PodGroups (RBAC from before kvsched read them):
+                    # members need kvsched.io/gang-size, as without the CRD; keep trying.
+                    message = f"PodGroup not readable ({exc}): grant list/watch on podgroups"
+                    self._not_served(kind, "forbidden", message)
+                    self._sleep(self._backoff(failures))
+                    continue
                 self.observer.watch_restarted(kind, "error")
                 if listing:
                     self.store.sync_problem(kind, f"list failed: {str(exc)[:200]}")
@@ -202,6 +215,13 @@ class ClusterSync:
             # one. The watch goes on: one object must not stop the view of all the others.
             log.exception("watch %s: applying a %s event failed; skipped", kind, kind_of_event)
         return new_version
+
+    def _not_served(self, kind: str, reason: str, message: str) -> None:
+        """An optional kind that cannot be read: counts as listed (empty), retried."""
+        self._mark_listed(kind)
+        self.store.sync_problem(kind, None)
+        self.observer.watch_restarted(kind, reason)
+        log.warning("%s", message)
 
     def _mark_listed(self, kind: str) -> None:
         with self._lock:

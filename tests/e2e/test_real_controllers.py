@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from support.controllers import Component, LwsController, describe, kwok_node
 from support.controlplane import ApiError
-from support.e2e import NAMESPACE, Cluster, wait_until
+from support.e2e import NAMESPACE, Cluster, ControllerProcess, Extender, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -277,6 +280,7 @@ def lws_object(
     startup: str | None = None,
     replicas: int = 1,
     annotations: dict[str, str] | None = None,
+    restart_policy: str | None = None,
 ) -> dict[str, Any]:
     template = {
         "metadata": {"labels": {"e2e-test": cluster.test_id}, "annotations": dict(FAST_KWOK)},
@@ -288,6 +292,8 @@ def lws_object(
     }
     if startup is not None:
         spec["startupPolicy"] = startup
+    if restart_policy is not None:
+        spec["leaderWorkerTemplate"]["restartPolicy"] = restart_policy
     return {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
@@ -468,3 +474,316 @@ def test_exclusive_topology_groups_each_take_a_zone_without_deadlock(
     finally:
         delete(cluster, f"{LWS_PATH}/{name}")
         wait_until(lambda: not pods(cluster, selector), timeout=60, what="LWS pods gone")
+
+
+def scale(cluster: Cluster, name: str, replicas: int) -> None:
+    cluster.cp.request(
+        "PATCH",
+        f"{LWS_PATH}/{name}",
+        {"spec": {"replicas": replicas}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def test_scale_three_to_one_to_three_groups(
+    cluster: Cluster, lws_controller: LwsController, kwok: Component
+) -> None:
+    """3 groups of 2 x 8 GPUs on three zones of two 8-GPU nodes (each group must take a zone
+    of its own). Scaled to 1: groups 1 and 2 are deleted and stay Terminating for their grace
+    period; scaled back to 3 at once, the new incarnations of groups 1 and 2 reuse their group
+    keys while the old members still hold their GPUs. Group 0 is never touched; all three end
+    whole, a zone each, no GPU twice, in bounded time."""
+    zones = [f"{cluster.test_id}-s{i}"[:63] for i in range(3)]
+    zone_of = {
+        kwok_node(cluster, f"sc-{i}{j}", gpus=8, labels={ZONE: zone}): zone
+        for i, zone in enumerate(zones)
+        for j in range(2)
+    }
+    name = "e2e-lws-scale"
+    selector = f"{LWS_NAME}={name}"
+    cluster.cp.request("POST", LWS_PATH, lws_object(cluster, name, size=2, gpus=8, replicas=3))
+    try:
+        first = wait_pods(cluster, selector, 6, running_and_ready, timeout=120, what="3 groups")
+        placed = assert_groups_whole(cluster, first, size=2, zone_of=zone_of)
+        assert len(placed) == 3
+        assert len({zone_of[nodes[0]] for nodes in placed.values()}) == 3, placed
+        group0 = {
+            p["metadata"]["uid"]
+            for p in first
+            if p["metadata"]["labels"].get("leaderworkerset.sigs.k8s.io/group-index") == "0"
+        }
+        assert len(group0) == 2, first
+
+        started = time.monotonic()
+        scale(cluster, name, 1)
+        wait_until(
+            lambda: len(live(cluster, selector)) == 2,
+            timeout=30,
+            interval=0.1,
+            what="groups 1 and 2 deleted",
+        )
+        terminating = [p for p in pods(cluster, selector) if p["metadata"].get("deletionTimestamp")]
+        scale(cluster, name, 3)
+        final = wait_pods(
+            cluster, selector, 6, running_and_ready, timeout=150, what="3 groups again"
+        )
+        elapsed = time.monotonic() - started
+        placed = assert_groups_whole(cluster, final, size=2, zone_of=zone_of)
+        assert len(placed) == 3
+        assert len({zone_of[nodes[0]] for nodes in placed.values()}) == 3, placed
+        assert {p["metadata"]["uid"] for p in final} >= group0, "group 0 was disturbed"
+        assert_no_gpu_twice(cluster)
+        print(
+            f"scale 3->1->3 ({len(terminating)} old members Terminating at scale-up) "
+            f"settled in {elapsed:.1f}s"
+        )
+        assert elapsed < 120
+    finally:
+        delete(cluster, f"{LWS_PATH}/{name}")
+        wait_until(lambda: not pods(cluster, selector), timeout=60, what="LWS pods gone")
+
+
+def test_deleted_member_is_recreated_into_its_group(
+    cluster: Cluster, lws_controller: LwsController, kwok: Component
+) -> None:
+    """A group of 2 x 8 GPUs with `restartPolicy: None` (LWS leaves the rest of the group
+    alone) fits only in zone A (two 8-GPU nodes; zone B has one). Its worker pod is deleted:
+    the worker StatefulSet recreates it under the same name and group key, alone, while the
+    leader stays bound; kvsched sends it back to the leader's zone (the freed node), not to
+    the free node of zone B. The group ends whole again, no GPU twice, in bounded time."""
+    zone_a = f"{cluster.test_id}-a"[:63]
+    zone_b = f"{cluster.test_id}-b"[:63]
+    zone_of = {
+        kwok_node(cluster, "md-a1", gpus=8, labels={ZONE: zone_a}): zone_a,
+        kwok_node(cluster, "md-a2", gpus=8, labels={ZONE: zone_a}): zone_a,
+        kwok_node(cluster, "md-b1", gpus=8, labels={ZONE: zone_b}): zone_b,
+    }
+    name = "e2e-lws-member"
+    selector = f"{LWS_NAME}={name}"
+    lws = lws_object(cluster, name, size=2, gpus=8, restart_policy="None")
+    cluster.cp.request("POST", LWS_PATH, lws)
+    try:
+        first = wait_pods(cluster, selector, 2, running_and_ready, timeout=120, what="the group")
+        placed = assert_groups_whole(cluster, first, size=2, zone_of=zone_of)
+        ((key, nodes),) = placed.items()
+        assert {zone_of[n] for n in nodes} == {zone_a}, nodes
+        by_index = {p["metadata"]["labels"][LWS_WORKER_INDEX]: p for p in first}
+        leader, worker = by_index["0"], by_index["1"]
+
+        started = time.monotonic()
+        worker_name = worker["metadata"]["name"]
+        delete(cluster, f"/api/v1/namespaces/{NAMESPACE}/pods/{worker_name}")
+
+        old_uid = worker["metadata"]["uid"]
+        final = wait_pods(
+            cluster,
+            selector,
+            2,
+            lambda p: running_and_ready(p) and p["metadata"]["uid"] != old_uid,
+            timeout=120,
+            what="the worker recreated and Ready",
+        )
+        elapsed = time.monotonic() - started
+        placed = assert_groups_whole(cluster, final, size=2, zone_of=zone_of)
+        assert list(placed) == [key], placed
+        assert {zone_of[n] for n in placed[key]} == {zone_a}, placed
+        assert leader["metadata"]["uid"] in {p["metadata"]["uid"] for p in final}
+        assert_no_gpu_twice(cluster)
+        print(f"deleted worker recreated into its group in {elapsed:.1f}s")
+        assert elapsed < 90
+    finally:
+        delete(cluster, f"{LWS_PATH}/{name}")
+        wait_until(lambda: not pods(cluster, selector), timeout=60, what="LWS pods gone")
+
+
+LLAMA_8B = "meta-llama/llama-3.1-8b-instruct"
+
+
+@pytest.fixture
+def inventory_controller(cluster: Cluster, tmp_path: Path) -> Iterator[ControllerProcess]:
+    """`kvsched controller` as a process (as in test_inventory.py), leading."""
+    process = ControllerProcess(
+        cluster.cp.kubeconfig, tmp_path, "kwok-c", host_memory_ttl_seconds="3600"
+    )
+    process.start()
+    try:
+        wait_until(process.leading, timeout=40, what=f"controller leading\n{process.log()}")
+        yield process
+    finally:
+        process.stop()
+
+
+def test_inventory_controller_learns_residency_from_a_pod_kwok_runs(
+    cluster: Cluster,
+    controller_manager: Component,
+    kwok: Component,
+    inventory_controller: ControllerProcess,
+) -> None:
+    """A Deployment's pod with `kvsched.io/model` is bound to one of two KWOK nodes and KWOK
+    takes it to Running (no status is written by the test): the inventory controller lists the
+    model at tier gpu on that node, and a second pod of the model is bound to the same node.
+    When the pods are gone (KWOK removes them after their grace period) the model drops to
+    host-memory."""
+    nodes = {kwok_node(cluster, "inv-a", gpus=8), kwok_node(cluster, "inv-b", gpus=8)}
+    name = f"{cluster.test_id}-inv"[:50].strip("-")
+    started = time.monotonic()
+    annotations = {**FAST_KWOK, "kvsched.io/model": LLAMA_8B}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": name, "e2e-test": cluster.test_id},
+                    "annotations": annotations,
+                },
+                "spec": pod_spec(cluster, gpus=1),
+            },
+        },
+    }
+    second = f"{cluster.test_id}-second"[:63].strip("-")
+    cluster.cp.request("POST", DEPLOYMENTS, deployment)
+    try:
+        (running,) = wait_pods(
+            cluster, f"app={name}", 1, running_and_ready, timeout=90, what="the replica Ready"
+        )
+        node = running["spec"]["nodeName"]
+        assert node in nodes
+        cluster.wait_tier(node, LLAMA_8B, "gpu", timeout=30)
+        inventory = cluster.get_inventory(node)
+        assert inventory is not None and inventory["status"]["source"] == "controller"
+        other = next(n for n in nodes if n != node)
+        assert LLAMA_8B not in cluster.cached_models(other)
+        elapsed = time.monotonic() - started
+        print(f"model at tier gpu {elapsed:.1f}s after the Deployment was created")
+        assert elapsed < 60
+
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": second,
+                "namespace": NAMESPACE,
+                "labels": {"e2e-test": cluster.test_id},
+                "annotations": annotations,
+            },
+            "spec": pod_spec(cluster, 1),
+        }
+        cluster.cp.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", pod)
+        assert cluster.wait_bound(second)["spec"]["nodeName"] == node
+        assert_no_gpu_twice(cluster)
+
+        delete(cluster, f"/api/v1/namespaces/{NAMESPACE}/pods/{second}")
+        delete(cluster, f"{DEPLOYMENTS}/{name}")
+        watch_termination(cluster, f"e2e-test={cluster.test_id}", timeout=60)
+        cluster.wait_tier(node, LLAMA_8B, "host-memory", timeout=30)
+    finally:
+        delete(cluster, f"/api/v1/namespaces/{NAMESPACE}/pods/{second}")
+        delete(cluster, f"{DEPLOYMENTS}/{name}")
+
+
+# -- PodGroup (scheduling.x-k8s.io) -----------------------------------------------------------
+
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+PODGROUP_CRD = "podgroups.scheduling.x-k8s.io"
+PODGROUPS = f"/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{NAMESPACE}/podgroups"
+
+
+def podgroup_crd() -> dict[str, Any]:
+    """The coscheduling plugin's PodGroup CRD, as much of it as kvsched reads."""
+    schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": PODGROUP_CRD},
+        "spec": {
+            "group": "scheduling.x-k8s.io",
+            "scope": "Namespaced",
+            "names": {
+                "plural": "podgroups",
+                "singular": "podgroup",
+                "kind": "PodGroup",
+                "listKind": "PodGroupList",
+                "shortNames": ["pg", "pgs"],
+            },
+            "versions": [
+                {
+                    "name": "v1alpha1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": {"status": {}},
+                }
+            ],
+        },
+    }
+
+
+def test_pod_group_min_member_sizes_the_group(cluster: Cluster, extender: Extender) -> None:
+    """The PodGroup CRD appears after the extender started (it was not served: not fatal); the
+    extender lists it within its backoff, then sees a PodGroup `minMember: 2` through its
+    watch. A lone member labelled `scheduling.x-k8s.io/pod-group` without kvsched.io/gang-size
+    is planned by that size (a slot for the absent member) in the only zone that holds both;
+    the second member, created later, is bound into the slot."""
+    zone_a = f"{cluster.test_id}-a"[:63]
+    zone_b = f"{cluster.test_id}-b"[:63]
+    zone_of = {
+        cluster.node("pg-a1", labels={ZONE: zone_a}): zone_a,
+        cluster.node("pg-b1", labels={ZONE: zone_b}): zone_b,
+        cluster.node("pg-b2", labels={ZONE: zone_b}): zone_b,
+    }
+    created = False
+    try:
+        cluster.cp.request("POST", CRDS, podgroup_crd())
+        created = True
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+    group = f"{cluster.test_id}-pg"[:63].strip("-")
+    try:
+        cluster.cp.wait_for(
+            f"{CRDS}/{PODGROUP_CRD}",
+            lambda crd: any(
+                c.get("type") == "Established" and c.get("status") == "True"
+                for c in (crd.get("status") or {}).get("conditions", [])
+            ),
+            timeout=30,
+        )
+
+        def podgroups_listed() -> bool:
+            url = extender.url + "/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return 'kvsched_listed_objects{kind="PodGroup"}' in response.read().decode()
+
+        # The informer retries a missing CRD with backoff (at most 30 s between tries).
+        wait_until(podgroups_listed, timeout=60, interval=0.5, what="the extender lists PodGroups")
+        cluster.cp.request(
+            "POST",
+            PODGROUPS,
+            {
+                "apiVersion": "scheduling.x-k8s.io/v1alpha1",
+                "kind": "PodGroup",
+                "metadata": {"name": group, "namespace": NAMESPACE},
+                "spec": {"minMember": 2},
+            },
+        )
+        time.sleep(1.0)  # the watch event on its way
+        labels = {"scheduling.x-k8s.io/pod-group": group}
+        started = time.monotonic()
+        cluster.pod("m0", gpus=8, labels=labels)
+        first = cluster.wait_bound("m0", timeout=60)["spec"]["nodeName"]
+        assert zone_of[first] == zone_b, first
+        cluster.pod("m1", gpus=8, labels=labels)
+        second = cluster.wait_bound("m1", timeout=60)["spec"]["nodeName"]
+        elapsed = time.monotonic() - started
+        assert zone_of[second] == zone_b and second != first, (first, second)
+        assert_no_gpu_twice(cluster)
+        print(f"PodGroup of 2 placed by minMember in {elapsed:.1f}s")
+        assert elapsed < 60
+    finally:
+        delete(cluster, f"{PODGROUPS}/{group}")
+        if created:
+            delete(cluster, f"{CRDS}/{PODGROUP_CRD}")

@@ -205,7 +205,7 @@ def test_sync_reports_a_failed_relist_until_the_next_success() -> None:
 
     sync._sleep = sleep
     sync._note_never_listed()
-    assert set(store.sync_problems) == {"Node", "Pod", "NodeInventory"}
+    assert set(store.sync_problems) == {"Node", "Pod", "NodeInventory", "PodGroup"}
     sync.run_kind("Pod")
     assert "down" in problems[0]["Pod"]
     # Listed again: the pod kind is in sync (the watch failing afterwards is routine).

@@ -95,6 +95,7 @@ def test_ready_only_after_every_kind_listed_and_missing_crd_is_not_fatal() -> No
     sync._list("Node")
     assert not store.synced
     sync._list("Pod")
+    sync._list("PodGroup")
     assert not store.synced
     api.exhausted.set()
     stopper = ClusterSync(api, store, sleep=lambda _: stopper.stop())
