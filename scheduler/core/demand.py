@@ -86,6 +86,13 @@ LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 # LWS copies this annotation onto its pods: the label key a whole group must share (LWS's pod
 # webhook makes workers follow their leader's value and keeps other groups off it).
 LWS_EXCLUSIVE_TOPOLOGY = "leaderworkerset.sigs.k8s.io/exclusive-topology"
+# LWS subgroups (`subGroupPolicy.subGroupSize`): the webhook labels each pod with its subgroup's
+# index (the leader is in subgroup 0 unless the policy is LeaderExcluded) and, when the LWS
+# carries `subgroup-exclusive-topology: KEY`, gives it affinity to its own subgroup's KEY value
+# and anti-affinity to every other subgroup's (of any group).
+LWS_SUBGROUP_INDEX = "leaderworkerset.sigs.k8s.io/subgroup-index"
+LWS_SUBGROUP_SIZE = "leaderworkerset.sigs.k8s.io/subgroup-size"
+LWS_SUBGROUP_EXCLUSIVE = "leaderworkerset.sigs.k8s.io/subgroup-exclusive-topology"
 POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
@@ -146,6 +153,11 @@ class PodDemand:
     # The member's index in its group when the controller numbers members (LWS worker-index;
     # the leader is 0): a member created after its group was planned takes that slot.
     gang_index: int | None = None
+    # LWS subgroups with `subgroup-exclusive-topology`: the label key each subgroup must share
+    # (and no two subgroups may), the member's subgroup index and the subgroup size.
+    subgroup_key: str | None = None
+    subgroup: int | None = None
+    subgroup_size: int | None = None
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -264,6 +276,7 @@ def _parse(
         role=role,
         kv_peer=kv_peer,
         gang_index=_member_index(labels) if gang is not None else None,
+        **_subgroup(annotations, labels, gang is not None),
     )
     model_only = (
         A_REVISION,
@@ -293,12 +306,28 @@ def _parse(
     return _with_model(base, model_name, annotations, catalog, stages)
 
 
-def _member_index(labels: Mapping[str, str]) -> int | None:
+def _member_index(labels: Mapping[str, str], key: str = LWS_WORKER_INDEX) -> int | None:
     """The LWS worker-index label as a number (None when absent or not a small number)."""
-    text = labels.get(LWS_WORKER_INDEX)
+    text = labels.get(key)
     if text is None or not text.isdigit() or len(text) > 9:
         return None
     return int(text)
+
+
+def _subgroup(
+    annotations: Mapping[str, str], labels: Mapping[str, str], member: bool
+) -> dict[str, Any]:
+    """PodDemand's subgroup fields: set only for a group member whose LWS asks for exclusive
+    subgroups (`subgroup-exclusive-topology`); without it LWS puts no constraint on them."""
+    exclusive = annotations.get(LWS_SUBGROUP_EXCLUSIVE) if member else None
+    if exclusive is None or not exclusive.strip() or len(exclusive) > MAX_NAME_CHARS:
+        return {}
+    size = _member_index(annotations, LWS_SUBGROUP_SIZE)
+    return {
+        "subgroup_key": exclusive.strip(),
+        "subgroup": _member_index(labels, LWS_SUBGROUP_INDEX),
+        "subgroup_size": size if size else None,
+    }
 
 
 def _with_model(
@@ -384,6 +413,9 @@ def _with_model(
         role=base.role,
         kv_peer=base.kv_peer,
         gang_index=base.gang_index,
+        subgroup_key=base.subgroup_key,
+        subgroup=base.subgroup,
+        subgroup_size=base.subgroup_size,
     )
 
 

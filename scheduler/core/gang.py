@@ -23,7 +23,12 @@ Rules of :func:`plan_gang`:
    the slowest member's time to ready (no model: 0 s), the number of nodes used, minus the
    sum of the members' GPU-set qualities, the domain's label value. The group is ready when
    its slowest member is, so that comes first; then tightness; then link quality.
-5. The result is a function of the input values only: node and domain order in the input do
+5. LWS exclusive subgroups (``subgroup_key``): in each domain the subgroups are placed one by
+   one (pinned ones first, then most GPUs), each within one value of ``subgroup_key`` that no
+   other subgroup of the plan took and no other group holds (``blocked``), choosing the value
+   by rule 4 and then best fit; members without a subgroup go last, anywhere in the domain.
+   When ``subgroup_key`` is the topology key the whole cluster is the group's one domain.
+6. The result is a function of the input values only: node and domain order in the input do
    not matter, and equal inputs give equal plans.
 
 When no domain can hold the whole group the answer is one :class:`GangFailure` whose reason
@@ -39,7 +44,7 @@ within one call.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from scheduler.core.demand import GangRef, PodDemand
@@ -187,11 +192,19 @@ def plan_gang(
     *,
     topology_key: str | None,
     config: ScoringConfig = DEFAULT_SCORING,
+    subgroup_key: str | None = None,
+    pinned: Mapping[int, str] | None = None,
+    blocked: Iterable[str] = (),
 ) -> GangPlan | GangFailure:
     """Place every member inside one domain of `topology_key`, or fail them all.
 
     See the module docstring for the rules. `members` are planned as given (the caller
-    decides when the group is complete).
+    decides when the group is complete). With `subgroup_key` (LWS
+    `subgroup-exclusive-topology`), the members that carry a subgroup index are placed each
+    subgroup within one value of `subgroup_key`, no two subgroups on the same value, no
+    subgroup on a value in `blocked` (held by another group's subgroups) and subgroup `i` on
+    `pinned[i]` when given (its members already bound there). When `subgroup_key` equals
+    `topology_key` the group as a whole is not kept to one domain (it could not be).
     """
     if not members:
         return GangFailure("gang has no members to plan")
@@ -208,6 +221,9 @@ def plan_gang(
             )
 
     order = sorted(members, key=lambda m: (-m.demand.gpus, m.name, m.uid))
+    split = subgroup_key is not None and any(m.demand.subgroup is not None for m in members)
+    if split and topology_key == subgroup_key:
+        topology_key = None
     domains = _domains(nodes, topology_key)
     scope = f"one {topology_key}" if topology_key is not None else "the cluster"
     needs = f"gang {_gang_text(gang)} needs {_members_text(members)} in {scope}"
@@ -220,7 +236,18 @@ def plan_gang(
         )
 
     memo = _Memo(config)
-    attempts = [_plan_domain(value, domain_nodes, order, memo) for value, domain_nodes in domains]
+    if split:
+        assert subgroup_key is not None
+        rule = _Subgroups(subgroup_key, dict(pinned or {}), frozenset(blocked))
+        attempts = [
+            _plan_subgroups(value, domain_nodes, order, memo, rule)
+            for value, domain_nodes in domains
+        ]
+        needs += f", each subgroup in its own {subgroup_key}"
+    else:
+        attempts = [
+            _plan_domain(value, domain_nodes, order, memo) for value, domain_nodes in domains
+        ]
     feasible = [a for a in attempts if a.feasible]
     if feasible:
         best = min(feasible, key=_Attempt.rank)
@@ -242,9 +269,10 @@ class _Placed:
 @dataclass(frozen=True)
 class _Missed:
     member: GangMember
-    node: NodeState
-    evaluation: NodeEvaluation
+    node: NodeState | None  # None: no node could be tried (`note` says why)
+    evaluation: NodeEvaluation | None
     taken: int  # GPUs of `node` that earlier members of this plan took
+    note: str = ""
 
 
 @dataclass
@@ -324,9 +352,112 @@ def _plan_domain(
 ) -> _Attempt:
     attempt = _Attempt(domain, len(nodes))
     originals = {node.name: node for node in nodes}
+    _greedy(attempt, order, originals, dict(originals), set(), set(), memo)
+    return attempt
+
+
+@dataclass(frozen=True)
+class _Subgroups:
+    key: str
+    pinned: dict[int, str]
+    blocked: frozenset[str]
+
+
+def _plan_subgroups(
+    domain: str | None,
+    nodes: list[NodeState],
+    order: Sequence[GangMember],
+    memo: _Memo,
+    rule: _Subgroups,
+) -> _Attempt:
+    """One group domain's plan when subgroups must each take a value of `rule.key` of their
+    own: subgroups one by one (pinned ones first, then most GPUs), each on the free value
+    where it places best (rank as rule 4, then the value with fewer free GPUs: best fit);
+    members without a subgroup (LWS LeaderExcluded leader) last, anywhere in the domain."""
+    attempt = _Attempt(domain, len(nodes))
+    originals = {node.name: node for node in nodes}
     current = dict(originals)
     used: set[str] = set()
     cliques: set[str] = set()
+    values: dict[str, list[str]] = {}
+    for node in nodes:
+        value = node.labels.get(rule.key)
+        if value is not None:
+            values.setdefault(value, []).append(node.name)
+    subgroups: dict[int, list[GangMember]] = {}
+    free: list[GangMember] = []
+    for member in order:
+        if member.demand.subgroup is None:
+            free.append(member)
+        else:
+            subgroups.setdefault(member.demand.subgroup, []).append(member)
+    taken: set[str] = set()
+    sequence = sorted(
+        subgroups,
+        key=lambda i: (
+            i not in rule.pinned,
+            -sum(m.demand.gpus for m in subgroups[i]),
+            -len(subgroups[i]),
+            i,
+        ),
+    )
+    for index in sequence:
+        group = subgroups[index]
+        if index in rule.pinned:
+            choices = [rule.pinned[index]] if rule.pinned[index] in values else []
+        else:
+            choices = [
+                v
+                for v in sorted(values)
+                if v not in taken and v not in rule.blocked and v not in rule.pinned.values()
+            ]
+        trials: list[tuple[str, _Attempt, dict[str, NodeState], set[str], set[str]]] = []
+        for value in choices:
+            trial = _Attempt(value, len(values[value]))
+            sub = {name: current[name] for name in values[value]}
+            trial_used, trial_cliques = set(used), set(cliques)
+            _greedy(trial, group, originals, sub, trial_used, trial_cliques, memo)
+            trials.append((value, trial, sub, trial_used, trial_cliques))
+        fits = [t for t in trials if t[1].feasible]
+        if not fits:
+            if trials:
+                closest = min(trials, key=lambda t: t[1].closeness())[1]
+                attempt.placed += closest.placed
+                attempt.missed += closest.missed
+            else:
+                note = (
+                    f"no {rule.key} is left for subgroup {index} "
+                    f"({len(values)} in this domain; {len(taken)} taken by other subgroups, "
+                    f"{len(rule.blocked & values.keys())} held by other groups' subgroups)"
+                )
+                attempt.missed += [_Missed(m, None, None, 0, note) for m in group]
+            continue
+
+        def best_fit(
+            t: tuple[str, _Attempt, dict[str, NodeState], set[str], set[str]],
+        ) -> tuple[float, int, int, float, str]:
+            ready, nodes_used, quality, _ = t[1].rank()
+            room = sum(len(current[name].free_gpus) for name in values[t[0]])
+            return (ready, nodes_used, room, quality, t[0])
+
+        value, trial, sub, used, cliques = min(fits, key=best_fit)
+        taken.add(value)
+        attempt.placed += trial.placed
+        current.update(sub)
+    _greedy(attempt, free, originals, current, used, cliques, memo)
+    return attempt
+
+
+def _greedy(
+    attempt: _Attempt,
+    order: Sequence[GangMember],
+    originals: Mapping[str, NodeState],
+    current: dict[str, NodeState],
+    used: set[str],
+    cliques: set[str],
+    memo: _Memo,
+) -> None:
+    """Place `order` one by one on `current` (updated in place), recording into `attempt`."""
     for member in order:
         candidates = [(node, memo.evaluate(member.demand, node)) for node in current.values()]
         node, result = min(candidates, key=lambda c: _node_rank(c[0], c[1], used, cliques))
@@ -342,7 +473,6 @@ def _plan_domain(
             cliques.add(clique)
         if result.gpus:
             current[node.name] = replace(node, free_gpus=node.free_gpus - set(result.gpus))
-    return attempt
 
 
 def _node_rank(
@@ -433,10 +563,13 @@ def _shortfall(attempt: _Attempt, topology_key: str | None, domains: int) -> str
     where = _domain_text(topology_key, attempt.domain)
     gpus = first.member.demand.gpus
     earlier = f", {first.taken} GPUs given to earlier members" if first.taken else ""
-    missing = (
-        f"member {first.member.name} ({gpus} GPU{'' if gpus == 1 else 's'}) fits no node "
-        f"(best node {first.node.name}{earlier}: {first.evaluation.reason})"
-    )
+    if first.node is None or first.evaluation is None:
+        missing = f"member {first.member.name} ({gpus} GPU{'' if gpus == 1 else 's'}): {first.note}"
+    else:
+        missing = (
+            f"member {first.member.name} ({gpus} GPU{'' if gpus == 1 else 's'}) fits no node "
+            f"(best node {first.node.name}{earlier}: {first.evaluation.reason})"
+        )
     if topology_key is None:
         return f"the cluster holds {len(attempt.placed)} of {total}; {missing}"
     return (

@@ -58,6 +58,21 @@ def _clear(reserved: Reserved) -> Effect:
     return WriteReservation(reserved.namespace, reserved.name, reserved.reservation.gang, None)
 
 
+def _size_of(demand: PodDemand) -> int | None:
+    return demand.gang.size if demand.gang is not None else None
+
+
+def _subgroup_of(index: int | None, size: int | None, subgroup_size: int | None) -> int | None:
+    """The subgroup LWS's pod webhook gives worker `index` (leader: 0) of a group of `size`."""
+    if index is None or size is None or not subgroup_size:
+        return None
+    if index == 0:
+        return 0
+    if (size - 1) % subgroup_size == 0:  # the leader is an extra pod of subgroup 0
+        return (index - 1) // subgroup_size
+    return index // subgroup_size
+
+
 class GangCoordinator:
     def __init__(
         self,
@@ -80,6 +95,10 @@ class GangCoordinator:
         # PodGroup minMember by `namespace/name` (the store's; see state.podgroups).
         self.pod_groups: Mapping[str, int] = pod_groups if pod_groups is not None else {}
         self.book = GangBook(clock)
+        # LWS exclusive subgroups: the values of the subgroup key each plan holds (gang id ->
+        # (key, values)), kept apart from other groups' plans (LWS's anti-affinity). Entries of
+        # plans no longer in the book are ignored and dropped lazily.
+        self._subdomains: dict[str, tuple[str, frozenset[str]]] = {}
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -281,7 +300,13 @@ class GangCoordinator:
             number = index if index is not None else k + 1
             name = f"{leader}-{index}" if leader and index is not None else f"(absent #{number})"
             uid = f"absent:{gang_id}#{number}"
-            stand_in = dataclasses.replace(template, uid=uid, name=name, gang_index=index)
+            stand_in = dataclasses.replace(
+                template,
+                uid=uid,
+                name=name,
+                gang_index=index,
+                subgroup=_subgroup_of(index, _size_of(template), template.subgroup_size),
+            )
             absent.append(GangMember(uid, name, stand_in))
         return absent
 
@@ -352,7 +377,30 @@ class GangCoordinator:
         entries = self.cache.entries
         nodes = [entries[n].state for n in names if n in entries]
         key = topology_key_for(demand.topology_key, nodes)
-        if bound and key is not None:
+        sub_key = next((d.subgroup_key for d in unbound if d.subgroup_key is not None), None)
+        pinned: dict[int, str] = {}
+        if sub_key is not None:
+            # Bound members fix their subgroup's value; kube-scheduler offers the asking
+            # member no node there (LWS's anti-affinity), so those nodes are added back.
+            for record in bound:
+                obj = self.cache.pod_object(record.namespace, record.name)
+                value = (
+                    entries[record.node].state.labels.get(sub_key)
+                    if (record.node in entries)
+                    else None
+                )
+                if obj is None or value is None:
+                    continue
+                index = parse_demand(obj, self.catalog, self.pod_groups).subgroup
+                if index is not None:
+                    pinned.setdefault(index, value)
+            offered = {n.name for n in nodes}
+            nodes += [
+                e.state
+                for name, e in entries.items()
+                if name not in offered and e.state.labels.get(sub_key) in pinned.values()
+            ]
+        if bound and key is not None and key != sub_key:
             # Members already running fix the domain: the rest must join them.
             domains = {
                 (entries[r.node].state.labels.get(key) if r.node in entries else None)
@@ -361,9 +409,33 @@ class GangCoordinator:
             nodes = [n for n in nodes if n.labels.get(key) in domains]
         members = [GangMember(d.uid, d.name, d) for d in sorted(unbound, key=lambda d: d.name)]
         absent = self._absent_members(demand, gang_id, unbound, bound, gang.size - total)
-        result = plan_gang(members + absent, nodes, topology_key=key, config=self.scoring)
+        blocked: set[str] = set()
+        for other, (other_key, values) in list(self._subdomains.items()):
+            if self.book.plan(other) is None:
+                del self._subdomains[other]
+            elif other != gang_id and other_key == sub_key:
+                blocked |= values
+        result = plan_gang(
+            members + absent,
+            nodes,
+            topology_key=key,
+            config=self.scoring,
+            subgroup_key=sub_key,
+            pinned=pinned,
+            blocked=blocked,
+        )
         if isinstance(result, GangFailure):
             return result.reason
+        if sub_key is not None:
+            by_name = {n.name: n for n in nodes}
+            self._subdomains[gang_id] = (
+                sub_key,
+                frozenset(
+                    by_name[p.node].labels[sub_key]
+                    for p in result.placements
+                    if p.node in by_name and sub_key in by_name[p.node].labels
+                ),
+            )
         moment = self.clock()
         expires = moment + dt.timedelta(seconds=self.ttl_s)
         absent_expires = moment + dt.timedelta(seconds=self.absent_ttl_s)

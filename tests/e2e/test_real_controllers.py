@@ -24,6 +24,7 @@ GPU = "nvidia.com/gpu"
 LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
 LWS_GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
 LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+SUBGROUP_INDEX = "leaderworkerset.sigs.k8s.io/subgroup-index"
 DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
 LWS_PATH = f"/apis/leaderworkerset.x-k8s.io/v1/namespaces/{NAMESPACE}/leaderworkersets"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
@@ -281,6 +282,7 @@ def lws_object(
     replicas: int = 1,
     annotations: dict[str, str] | None = None,
     restart_policy: str | None = None,
+    subgroup_size: int | None = None,
 ) -> dict[str, Any]:
     template = {
         "metadata": {"labels": {"e2e-test": cluster.test_id}, "annotations": dict(FAST_KWOK)},
@@ -294,6 +296,8 @@ def lws_object(
         spec["startupPolicy"] = startup
     if restart_policy is not None:
         spec["leaderWorkerTemplate"]["restartPolicy"] = restart_policy
+    if subgroup_size is not None:
+        spec["leaderWorkerTemplate"]["subGroupPolicy"] = {"subGroupSize": subgroup_size}
     return {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
@@ -470,6 +474,55 @@ def test_exclusive_topology_groups_each_take_a_zone_without_deadlock(
         assert used[0] != used[1], placed
         assert_no_gpu_twice(cluster)
         print(f"exclusive-topology: 2 groups of 2 x 8 GPUs Running+Ready in {elapsed:.1f}s")
+        assert elapsed < 90
+    finally:
+        delete(cluster, f"{LWS_PATH}/{name}")
+        wait_until(lambda: not pods(cluster, selector), timeout=60, what="LWS pods gone")
+
+
+def test_exclusive_subgroups_each_take_a_zone_of_their_own(
+    cluster: Cluster, lws_controller: LwsController, kwok: Component
+) -> None:
+    """size 4, `subGroupSize: 2`, `subgroup-exclusive-topology: zone`, 8 GPUs per pod, three
+    zones of two 8-GPU nodes: LWS's webhook gives each subgroup affinity to its own zone and
+    anti-affinity to every other subgroup's. kvsched plans the group whole with each subgroup
+    in one zone and the two in different zones: all four bound, no GPU twice."""
+    zones = [f"{cluster.test_id}-s{i}"[:63] for i in range(3)]
+    zone_of = {
+        kwok_node(cluster, f"sg-{i}{j}", gpus=8, labels={ZONE: zone}): zone
+        for i, zone in enumerate(zones)
+        for j in range(2)
+    }
+    name = "e2e-lws-subgroup"
+    selector = f"{LWS_NAME}={name}"
+    started = time.monotonic()
+    lws = lws_object(
+        cluster,
+        name,
+        size=4,
+        gpus=8,
+        subgroup_size=2,
+        annotations={"leaderworkerset.sigs.k8s.io/subgroup-exclusive-topology": ZONE},
+    )
+    cluster.cp.request("POST", LWS_PATH, lws)
+    try:
+        running = wait_pods(
+            cluster, selector, 4, running_and_ready, timeout=120, what="group Running+Ready"
+        )
+        elapsed = time.monotonic() - started
+        subgroups: dict[str, list[str]] = {}
+        for pod in running:
+            labels = pod["metadata"]["labels"]
+            node = pod["spec"]["nodeName"]
+            assert node in zone_of, f"{pod['metadata']['name']} on {node}"
+            subgroups.setdefault(labels[SUBGROUP_INDEX], []).append(node)
+        assert sorted(subgroups) == ["0", "1"], subgroups
+        used = {index: {zone_of[n] for n in nodes} for index, nodes in subgroups.items()}
+        assert all(len(z) == 1 for z in used.values()), used
+        assert used["0"] != used["1"], used
+        assert len({n for nodes in subgroups.values() for n in nodes}) == 4, subgroups
+        assert_no_gpu_twice(cluster)
+        print(f"subgroups: 2 x 2 x 8 GPUs Running+Ready in {elapsed:.1f}s, zones {used}")
         assert elapsed < 90
     finally:
         delete(cluster, f"{LWS_PATH}/{name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -455,3 +456,96 @@ def test_a_group_fits_iff_some_zone_has_enough_idle_nodes(members: int, idle_b: 
     group = [member(f"w{i}", size=members) for i in range(members)]
     result = plan_gang(group, nodes, topology_key=ZONE)
     assert isinstance(result, GangPlan) == (members <= max(2, idle_b))
+
+
+# -- LWS exclusive subgroups ---------------------------------------------------------------
+
+
+def sub(m: GangMember, index: int | None, key: str = ZONE) -> GangMember:
+    demand = dataclasses.replace(m.demand, subgroup=index, subgroup_key=key, subgroup_size=2)
+    return dataclasses.replace(m, demand=demand)
+
+
+def group(size: int = 4, key: str = ZONE, per: int = 2) -> list[GangMember]:
+    return [sub(member(f"w{i}", size=size), i // per, key) for i in range(size)]
+
+
+def where(plan: GangPlan, label: str, nodes: dict[str, dict[str, str]]) -> dict[str, str]:
+    return {p.name: nodes[p.node][label] for p in plan.placements}
+
+
+def zones(layout: dict[str, int], **extra: str) -> list:
+    return [
+        node(f"{z}{i}", zone=z, labels=dict(extra))
+        for z, count in layout.items()
+        for i in range(count)
+    ]
+
+
+def test_subgroups_each_take_one_zone_and_different_zones() -> None:
+    nodes = zones({"a": 2, "b": 2})
+    plan = plan_of(plan_gang(group(), nodes, topology_key=ZONE, subgroup_key=ZONE))
+    labels = {n.name: n.labels for n in nodes}
+    placed = where(plan, ZONE, labels)
+    assert placed["w0"] == placed["w1"]
+    assert placed["w2"] == placed["w3"]
+    assert placed["w0"] != placed["w2"]
+    assert len({p.node for p in plan.placements}) == 4
+
+
+def test_without_the_subgroup_key_the_group_keeps_to_one_zone() -> None:
+    nodes = zones({"a": 2, "b": 2})
+    failure = failure_of(plan_gang(group(), nodes, topology_key=ZONE))
+    assert "one topology.kubernetes.io/zone" in failure.reason
+    plan = plan_of(plan_gang(group(), zones({"a": 4}), topology_key=ZONE))
+    assert len(plan.placements) == 4
+
+
+def test_one_zone_cannot_hold_two_exclusive_subgroups() -> None:
+    failure = failure_of(plan_gang(group(), zones({"a": 4}), topology_key=ZONE, subgroup_key=ZONE))
+    assert "each subgroup in its own topology.kubernetes.io/zone" in failure.reason
+    assert "no topology.kubernetes.io/zone is left for subgroup" in failure.reason
+
+
+def test_values_held_by_another_groups_subgroups_are_avoided() -> None:
+    nodes = zones({"a": 2, "b": 2, "c": 2})
+    plan = plan_of(plan_gang(group(), nodes, topology_key=ZONE, subgroup_key=ZONE, blocked={"a"}))
+    assert {n.labels[ZONE] for n in nodes if n.name in {p.node for p in plan.placements}} == {
+        "b",
+        "c",
+    }
+    failure_of(plan_gang(group(), nodes, topology_key=ZONE, subgroup_key=ZONE, blocked={"a", "b"}))
+
+
+def test_a_pinned_subgroup_keeps_its_value() -> None:
+    nodes = zones({"a": 2, "b": 2, "c": 2})
+    plan = plan_of(plan_gang(group(), nodes, topology_key=ZONE, subgroup_key=ZONE, pinned={1: "c"}))
+    labels = {n.name: n.labels for n in nodes}
+    placed = where(plan, ZONE, labels)
+    assert placed["w2"] == placed["w3"] == "c"
+    assert placed["w0"] == placed["w1"] != "c"
+
+
+def test_subgroups_on_racks_inside_one_zone() -> None:
+    nodes = [
+        node("a-r1", zone="a", labels={RACK: "r1"}),
+        node("a-r2", zone="a", labels={RACK: "r2"}),
+        node("b-r3", zone="b", labels={RACK: "r3"}),
+        node("b-r3b", zone="b", labels={RACK: "r3"}),
+    ]
+    members = [sub(member(f"w{i}", size=2), i, RACK) for i in range(2)]
+    plan = plan_of(plan_gang(members, nodes, topology_key=ZONE, subgroup_key=RACK))
+    assert plan.domain == "a"  # zone b has one rack only
+    assert {p.node for p in plan.placements} == {"a-r1", "a-r2"}
+
+
+def test_a_member_without_a_subgroup_goes_anywhere_in_the_domain() -> None:
+    nodes = zones({"a": 2, "b": 1})
+    members = [sub(member("leader", size=3), None)] + [
+        sub(member(f"w{i}", size=3), i - 1) for i in (1, 2)
+    ]
+    plan = plan_of(plan_gang(members, nodes, topology_key=ZONE, subgroup_key=ZONE))
+    labels = {n.name: n.labels for n in nodes}
+    placed = where(plan, ZONE, labels)
+    assert placed["w1"] != placed["w2"]
+    assert len({p.node for p in plan.placements}) == 3
