@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
+
+from scheduler.commands.common import run_parsed
 
 # Modules under scheduler.commands, in the order `kvsched --help` lists them.
 COMMAND_MODULES = (
@@ -38,18 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        status: int = args.func(args)
-    except BrokenPipeError:
-        # `kvsched plan ... | head`: the reader left; that is not an error of ours. Point
-        # stdout at /dev/null so the interpreter's final flush does not complain either.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    return status
+    return run_parsed(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

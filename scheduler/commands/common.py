@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,3 +33,17 @@ def load_catalog(paths: Sequence[str]) -> Catalog:
 def fail(message: str) -> int:
     print(f"kvsched: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run a parsed command (its `func`) as a console script: a reader that left the pipe
+    (`kvsched plan ... | head`) is not an error of ours, and Ctrl-C exits 130."""
+    try:
+        status: int = args.func(args)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    return status

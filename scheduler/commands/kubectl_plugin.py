@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scheduler.commands.common import add_catalog_argument, load_catalog
+from scheduler.commands.common import add_catalog_argument, load_catalog, run_parsed
 from scheduler.commands.explain_cmd import explain_pod, list_cluster
 from scheduler.core.node import NodeState
 from scheduler.inventory.status import InventoryStatus, now
@@ -123,15 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        status: int = args.func(args)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    return status
+    return run_parsed(build_parser().parse_args(argv))
 
 
 def _fail(message: str, status: int = EXIT_ERROR) -> int:

@@ -26,14 +26,13 @@ TTL); a reservation whose time is up is ignored when read back.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from scheduler.core.assignment import GpuReservation
 from scheduler.state.contracts import Binder
-from scheduler.state.worker import QueueWorker
+from scheduler.state.worker import FailureLogLevel, QueueWorker
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,6 @@ __all__ = [
 
 DEFAULT_QUEUE_SIZE = 4096
 # Logging every failure of an unreachable API server would flood the log; the metric counts.
-FAILURE_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +102,7 @@ class _Applier:
     def __init__(self, binder: Binder, observer: EffectObserver | None) -> None:
         self.binder = binder
         self.observer: EffectObserver = observer or _NullObserver()
-        self._last_failure_log: float | None = None
+        self._failure_level = FailureLogLevel()
 
     def apply(self, effect: Effect) -> None:
         try:
@@ -116,16 +114,8 @@ class _Applier:
 
     def _failed(self, effect: Effect, exc: Exception) -> None:
         self.observer.effect_done(effect.kind, "failed")
-        moment = time.monotonic()
-        level = logging.DEBUG
-        if (
-            self._last_failure_log is None
-            or moment - self._last_failure_log >= FAILURE_LOG_INTERVAL_S
-        ):
-            self._last_failure_log = moment
-            level = logging.WARNING
         log.log(
-            level,
+            self._failure_level.next(),
             "gang %s: cannot write %s on pod %s/%s (the plan stands, but is not durable): %s",
             effect.gang,
             effect.kind,

@@ -34,7 +34,7 @@ from scheduler.core.demand import PodDemand
 from scheduler.state.contracts import BindResult, FilterResult
 from scheduler.state.kube import EventApi, KubeError, micro_time
 from scheduler.state.quarantine import Rejection
-from scheduler.state.worker import QueueWorker
+from scheduler.state.worker import FailureLogLevel, QueueWorker
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ DEFAULT_QUEUE_SIZE = 1024
 DEFAULT_DEDUPE_TTL_S = 600.0
 DEFAULT_DEDUPE_KEYS = 16384
 # Logging every failure of an unreachable API server would flood the log; the metric counts.
-FAILURE_LOG_INTERVAL_S = 60.0
 
 
 class EventObserver(Protocol):
@@ -229,7 +228,7 @@ class EventRecorder:
         self._recent: TTLCache[Hashable, bool] = TTLCache(dedupe_keys, dedupe_ttl_s, timer=timer)
         # Verbs offer from the event loop and from bind threads at once.
         self._lock = threading.Lock()
-        self._last_failure_log: float | None = None
+        self._failure_level = FailureLogLevel()
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -353,16 +352,8 @@ class EventRecorder:
 
     def _failed(self, pending: _Pending, error: str) -> None:
         self.observer.event_recorded(pending.reason, "failed")
-        level = logging.DEBUG
-        moment = time.monotonic()
-        if (
-            self._last_failure_log is None
-            or moment - self._last_failure_log >= FAILURE_LOG_INTERVAL_S
-        ):
-            self._last_failure_log = moment
-            level = logging.WARNING
         log.log(
-            level,
+            self._failure_level.next(),
             "cannot write event %s on pod %s/%s: %s",
             pending.reason,
             pending.namespace,

@@ -9,15 +9,35 @@ thread rather than holding up shutdown.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["QueueWorker"]
+__all__ = ["FAILURE_LOG_INTERVAL_S", "FailureLogLevel", "QueueWorker"]
+
+# A writer failing on every item (API server down) warns at most this often; the rest is debug.
+FAILURE_LOG_INTERVAL_S = 60.0
 
 T = TypeVar("T")
+
+
+class FailureLogLevel:
+    """The log level of a writer's next failure: WARNING at most once per interval, DEBUG
+    otherwise, so that an unreachable API server is said once a minute, not once per write."""
+
+    def __init__(self, interval_s: float = FAILURE_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._last: float | None = None
+
+    def next(self) -> int:
+        moment = time.monotonic()
+        if self._last is None or moment - self._last >= self.interval_s:
+            self._last = moment
+            return logging.WARNING
+        return logging.DEBUG
 
 
 class QueueWorker(Generic[T]):
