@@ -65,6 +65,14 @@ typecheck: install ## mypy --strict on the packages
 
 check: lint typecheck test ## everything CI runs
 
+# Not tied to install: the image build needs only root, python3 with pip, mmdebstrap and umoci.
+.PHONY: image image-check
+image: ## build the OCI image (Debian bookworm + kvsched[agent]) -> build/kvsched-<version>.oci.tar, then check it
+	PYTHON=$(PYTHON) hack/image/build.sh
+
+image-check: ## run kvsched --version / extender --help inside the built image as uid 65532
+	PYTHON=$(PYTHON) hack/image/check.sh
+
 bench: install ## extender latency benchmark -> docs/benchmarks.md
 	VENV=$(VENV) hack/bench.sh
 

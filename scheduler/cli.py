@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from scheduler import __version__
 from scheduler.commands.common import run_parsed
 
 # Modules under scheduler.commands, in the order `kvsched --help` lists them.
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kvsched",
         description="KV-cache-aware scheduler extender for LLM-serving pods on GPU nodes.",
     )
+    # The image check (hack/image) runs `kvsched --version` to prove the entrypoint works.
+    parser.add_argument("--version", action="version", version=f"kvsched {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"scheduler.commands.{name}")
