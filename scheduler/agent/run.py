@@ -7,6 +7,12 @@ and the GPUs the kubelet can hand out (``allocatableGpus``); a kubelet that cann
 costs only those fields. Each cycle's failure (scan, kubelet, API server, a conflict storm) is a
 log line, and the next cycle tries again; :meth:`AgentLoop.stop` (SIGTERM) ends the wait
 between cycles at once. :attr:`AgentLoop.registry` holds the agent's metrics.
+
+With a :class:`~scheduler.agent.fetch.Fetcher` (``--warm-source``), each publish hands the
+object's ``spec.warming`` and status to the fetcher, whose copies run in their own threads;
+each report carries their progress (``status.warming``), read *before* the cache scan so that a
+copy reported ``done`` is always in the same report's ``modelCache``. A copy changing state
+wakes the loop for an early cycle.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ import shutil
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry
 
 from scheduler.agent.cache_scan import ScanResult, scan_model_caches
+from scheduler.agent.fetch import Fetcher
 from scheduler.agent.gpus import discover_gpus
 from scheduler.agent.podresources import (
     DEFAULT_TIMEOUT_S,
@@ -33,6 +40,7 @@ from scheduler.agent.podresources import (
     PodResourcesReader,
 )
 from scheduler.agent.report import Merge, build_report, publish
+from scheduler.inventory.spec import WarmingSpec
 from scheduler.inventory.status import InventoryStatus
 from scheduler.inventory.status import now as utc_now
 from scheduler.state.kube import InventoryApi
@@ -87,6 +95,7 @@ class AgentLoop:
         scan: Callable[[Sequence[Path]], ScanResult] | None = None,
         out: TextIO | None = None,
         registry: CollectorRegistry | None = None,
+        fetcher: Fetcher | None = None,
     ) -> None:
         self.settings = settings
         self.merge = merge
@@ -96,6 +105,11 @@ class AgentLoop:
         self._scan = scan if scan is not None else (lambda paths: scan_model_caches(paths))
         self._out = out
         self._stop = threading.Event()
+        # Set by stop() and by the fetcher when a copy changes state: ends the wait early.
+        self._wake = threading.Event()
+        self.fetcher = fetcher
+        if fetcher is not None:
+            fetcher.on_change = self._wake.set
         self.topology: NodeTopology | None = None
         self._discovered = False
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -110,6 +124,7 @@ class AgentLoop:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     @property
     def stopped(self) -> bool:
@@ -124,6 +139,8 @@ class AgentLoop:
                 log.exception("GPU discovery failed")
                 self.topology = None
             self._discovered = self.topology is not None
+        # Before the scan: a copy done by now is installed, so the scan below lists it.
+        warming = self.fetcher.progress() if self.fetcher is not None else ()
         try:
             scan = self._scan(self.settings.caches)
         except Exception as exc:
@@ -132,7 +149,7 @@ class AgentLoop:
         kubelet: KubeletGpus | None = None
         if self.kubelet is not None:
             kubelet = self.kubelet.read(self.topology)  # None when unreadable (logged, counted)
-        return build_report(
+        report = build_report(
             self.settings.node,
             self.topology,
             scan,
@@ -141,6 +158,7 @@ class AgentLoop:
             utc_now(),
             kubelet,
         )
+        return replace(report, warming=warming) if warming else report
 
     def run_once(self) -> bool:
         """One cycle; True when the report was published (or printed, in a dry run)."""
@@ -156,7 +174,7 @@ class AgentLoop:
             return True
         try:
             api = self._connect()
-            publish(api, self.settings.node, report, self.merge)
+            stored = publish(api, self.settings.node, report, self.merge)
         except Exception as exc:
             log.warning("publishing NodeInventory %s failed: %s", self.settings.node, exc)
             self._api = None  # reconnect next time
@@ -171,7 +189,19 @@ class AgentLoop:
             else "GPU allocations not read",
             len(report.problems),
         )
+        if self.fetcher is not None:
+            self._hand_to_fetcher(self.fetcher, stored)
         return True
+
+    def _hand_to_fetcher(self, fetcher: Fetcher, stored: Mapping[str, object]) -> None:
+        status = stored.get("status")
+        try:
+            fetcher.update(
+                WarmingSpec.from_spec(stored.get("spec")),
+                InventoryStatus.from_status(status if isinstance(status, Mapping) else None),
+            )
+        except Exception:
+            log.exception("warming: planning the copies failed")
 
     def _connect(self) -> InventoryApi:
         if self._api is None:
@@ -181,11 +211,23 @@ class AgentLoop:
         return self._api
 
     def run(self, once: bool = False) -> int:
-        """Cycle until stopped; with ``once``, one cycle (exit status 1 if it failed)."""
-        while True:
-            ok = self.run_once()
-            if once:
-                return 0 if ok else 1
-            if self._stop.wait(self.settings.interval_s):
-                log.info("agent stopping")
-                return 0
+        """Cycle until stopped; with ``once``, one cycle (exit status 1 if it failed). With a
+        fetcher, ``once`` also waits for the copies that cycle started and publishes again."""
+        try:
+            while True:
+                ok = self.run_once()
+                if once:
+                    if ok and self.fetcher is not None and self.fetcher.busy():
+                        while self.fetcher.busy() and not self._stop.is_set():
+                            self._wake.wait(1.0)
+                            self._wake.clear()
+                        ok = self.run_once()
+                    return 0 if ok else 1
+                self._wake.wait(self.settings.interval_s)
+                self._wake.clear()
+                if self._stop.is_set():
+                    log.info("agent stopping")
+                    return 0
+        finally:
+            if self.fetcher is not None:
+                self.fetcher.stop()

@@ -6,6 +6,12 @@ predictions), builds the node's NodeInventory status and writes it, merged with 
 controller wrote. With ``--dry-run`` it prints the status instead of writing it; ``--once``
 runs a single cycle. Metrics (``kvsched_agent_podresources_up``,
 ``kvsched_agent_podresources_errors_total``) are served on ``--metrics-port`` (not in a dry run).
+
+``--warm-source DIR`` turns on the fetcher (:mod:`scheduler.agent.fetch`): the models the
+controller writes into the node's ``spec.warming`` are copied from that shared folder into
+``--warm-cache-dir`` (default: the first ``--model-cache``), within ``--warm-budget-bytes``, at
+most ``--warm-bandwidth`` bytes/s, ``--warm-max-concurrent`` at a time; progress goes to
+``status.warming``. With ``--once`` the agent waits for the copies its cycle started.
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
+from scheduler.agent.fetch import Fetcher, FetchSettings
 from scheduler.agent.podresources import DEFAULT_SOCKET, DEFAULT_TIMEOUT_S
 from scheduler.agent.run import AgentLoop, AgentSettings, default_capacity
+from scheduler.agent.sources import FilesystemSource
 from scheduler.commands.common import fail
+from scheduler.core.quantity import parse_whole_quantity
 from scheduler.inventory.merge import merge_agent_report
 from scheduler.logs import configure_logging
 from scheduler.state.kube import InventoryApi, KubeApi
@@ -98,6 +107,48 @@ def register(subparsers: Any) -> None:
         help="Prometheus /metrics port (default %(default)s; 0 disables; never in --dry-run)",
     )
     parser.add_argument("--metrics-host", default="0.0.0.0")
+    warm = parser.add_argument_group(
+        "cache warming", "copy the models the controller asks for (spec.warming) into the cache"
+    )
+    warm.add_argument(
+        "--warm-source",
+        metavar="DIR",
+        help="turns the fetcher on: a shared folder (NFS or PVC mount) holding Hugging Face hub "
+        "caches (models--org--name/...) or plain model folders (<org>/<name>/config.json)",
+    )
+    warm.add_argument(
+        "--warm-cache-dir",
+        metavar="DIR",
+        help="where copies go, in the hub layout (default: the first --model-cache; scanned "
+        "like one)",
+    )
+    warm.add_argument(
+        "--warm-budget-bytes",
+        metavar="N",
+        help="disk budget of the cache dir (bytes, or a quantity such as 500Gi); the least "
+        "recently used models are evicted within it, never one in use (default: no budget, "
+        "a copy needs the free space)",
+    )
+    warm.add_argument(
+        "--warm-bandwidth",
+        metavar="BYTES_PER_S",
+        help="copy rate limit over all copies (bytes/s or a quantity such as 500Mi; default "
+        "unlimited)",
+    )
+    warm.add_argument(
+        "--warm-max-concurrent",
+        type=int,
+        default=1,
+        metavar="N",
+        help="models copied at once (default %(default)s)",
+    )
+    warm.add_argument(
+        "--warm-retry-seconds",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="wait before retrying a failed copy (default %(default)s)",
+    )
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between cycles")
     parser.add_argument("--once", action="store_true", help="run one cycle and exit")
     parser.add_argument(
@@ -132,9 +183,16 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
                 raise ValueError(f"bandwidth {key} must be positive, got {value}")
             bandwidth[key] = float(value)
     caches = tuple(Path(path) for path in args.model_cache)
+    warm = warm_settings_from_args(args)
+    if warm is not None and not any(_within(warm.cache_dir, root) for root in caches):
+        caches = (*caches, warm.cache_dir)  # copies must be scanned to be reported
     capacity = args.cache_capacity_bytes
     if capacity is None:
         capacity = default_capacity(caches)
+        if warm is not None and warm.budget_bytes is not None:
+            # The warming planner budgets each node by this capacity: reporting the whole
+            # filesystem would let it ask for copies the fetcher then refuses as over budget.
+            capacity = warm.budget_bytes if capacity is None else min(capacity, warm.budget_bytes)
     socket_path = None
     if not args.no_pod_resources and args.pod_resources_socket:
         socket_path = Path(args.pod_resources_socket)
@@ -150,17 +208,92 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     )
 
 
+def warm_settings_from_args(args: argparse.Namespace) -> FetchSettings | None:
+    """The fetcher's settings, or None without --warm-source (other --warm-* flags then are
+    a mistake, reported as one)."""
+    if not args.warm_source:
+        given = [
+            flag
+            for flag, value in (
+                ("--warm-cache-dir", args.warm_cache_dir),
+                ("--warm-budget-bytes", args.warm_budget_bytes),
+                ("--warm-bandwidth", args.warm_bandwidth),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)} given without --warm-source")
+        return None
+    cache = args.warm_cache_dir or (args.model_cache[0] if args.model_cache else None)
+    if not cache:
+        raise ValueError("--warm-source needs --warm-cache-dir or a --model-cache to copy into")
+    return FetchSettings(
+        cache_dir=Path(cache),
+        budget_bytes=_quantity("--warm-budget-bytes", args.warm_budget_bytes),
+        bandwidth=_quantity("--warm-bandwidth", args.warm_bandwidth),
+        max_concurrent=args.warm_max_concurrent,
+        retry_after_s=args.warm_retry_seconds,
+    )
+
+
+def _quantity(flag: str, text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_whole_quantity(text)
+    except ValueError as error:
+        raise ValueError(f"{flag} {text!r}: {error}") from None
+
+
+def _within(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def build_fetcher(args: argparse.Namespace) -> Fetcher | None:
+    """The fetcher for --warm-source (its cache folder created), or None."""
+    settings = warm_settings_from_args(args)
+    if settings is None:
+        return None
+    source = Path(args.warm_source)
+    if not source.is_dir():
+        # A mount that is not there yet is worth saying, not fatal: each copy reports it too.
+        log.warning("warming: source %s is not a readable folder (yet)", source)
+    try:
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"--warm-cache-dir {settings.cache_dir}: cannot create: {error.strerror}"
+        ) from None
+    if not os.access(settings.cache_dir, os.W_OK):
+        raise ValueError(f"--warm-cache-dir {settings.cache_dir} is not writable")
+    return Fetcher(FilesystemSource(source), settings)
+
+
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         settings = settings_from_args(args)
+        fetcher = None if settings.dry_run else build_fetcher(args)
     except ValueError as error:
         return fail(f"agent: {error}")
 
     def connect() -> InventoryApi:
         return KubeApi.connect(args.kubeconfig)
 
-    loop = AgentLoop(settings, merge_agent_report, api=connect)
+    loop = AgentLoop(settings, merge_agent_report, api=connect, fetcher=fetcher)
+    if fetcher is not None:
+        log.info(
+            "warming: copying from %s into %s (budget %s, bandwidth %s, %d at a time)",
+            fetcher.source.describe(),
+            fetcher.cache_dir,
+            fetcher.settings.budget_bytes or "none",
+            fetcher.settings.bandwidth or "unlimited",
+            fetcher.settings.max_concurrent,
+        )
     if settings.pod_resources_socket is None:
         log.info("PodResources: not read (--no-pod-resources); no kubelet GPU allocations")
     server = None

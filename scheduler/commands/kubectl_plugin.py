@@ -33,7 +33,13 @@ from typing import Any
 from scheduler.commands.common import add_catalog_argument, load_catalog, run_parsed
 from scheduler.commands.explain_cmd import explain_pod, list_cluster
 from scheduler.core.node import NodeState
-from scheduler.inventory.status import InventoryStatus, now
+from scheduler.inventory.spec import WarmingSpec
+from scheduler.inventory.status import (
+    MAX_WARMING_MODELS,
+    InventoryStatus,
+    WarmingProgress,
+    now,
+)
 from scheduler.models.catalog import Catalog
 from scheduler.state.kube import KubeApi, KubeError
 from scheduler.state.offline import ClusterFileError, ClusterObjects, load_cluster
@@ -389,23 +395,34 @@ def best_free_set(state: NodeState, free: Sequence[int]) -> dict[str, Any] | Non
 
 
 def warming(inventory: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
-    """Cache warming in progress as the inventory reports it (`status.warming[]`: name and,
-    where known, `progress` in [0, 1]); None when it reports none (NodeInventory v1alpha1 has
-    no warming fields yet: the column stays and shows '-')."""
-    status = inventory.get("status") if isinstance(inventory, Mapping) else None
-    entries = status.get("warming") if isinstance(status, Mapping) else None
-    if not isinstance(entries, list) or not entries:
+    """Cache warming on the node: each model the controller asks for (``spec.warming``) or the
+    agent is copying or has copied (``status.warming.models``), with the agent's state
+    (``asked`` while the agent has not picked it up) and ``progress`` in [0, 1] where the
+    agent knows the total. None when neither side lists anything. Entries that do not parse
+    are left out: a listing must not fail over one node's odd object."""
+    if not isinstance(inventory, Mapping):
         return None
-    out = []
-    for entry in entries:
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+    asked = WarmingSpec.from_spec(inventory.get("spec"))
+    rows: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for request in asked.models:
+        rows[request.key] = {"name": request.name, "state": "asked", "progress": None}
+    status = inventory.get("status")
+    reported = status.get("warming") if isinstance(status, Mapping) else None
+    items = reported.get("models") if isinstance(reported, Mapping) else None
+    for item in items[:MAX_WARMING_MODELS] if isinstance(items, list) else []:
+        try:
+            copy = WarmingProgress.from_dict(item)
+        except (ValueError, TypeError):
             continue
-        progress = entry.get("progress")
-        fraction: float | None = None
-        if isinstance(progress, int | float) and not isinstance(progress, bool):
-            fraction = float(progress)
-        out.append({"name": entry["name"], "progress": fraction})
-    return out or None
+        fraction = None
+        if copy.bytes_total:
+            fraction = min(1.0, copy.bytes_done / copy.bytes_total)
+        # The agent may name the revision it resolved where the controller asked for none.
+        key = copy.key if copy.key in rows else (copy.name.lower(), None)
+        if key not in rows:
+            key = copy.key
+        rows[key] = {"name": copy.name, "state": copy.state, "progress": fraction}
+    return [rows[key] for key in sorted(rows, key=lambda k: (k[0], k[1] or ""))] or None
 
 
 def _short(status: object, field: str, limit: int = 32) -> str | None:
@@ -450,7 +467,8 @@ def nodes_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"{best['size']} {best['tier']}" if best else "-",
                 models or "-",
                 ", ".join(
-                    w["name"] + (f" {w['progress']:.0%}" if w["progress"] is not None else "")
+                    f"{w['name']} {w['state']}"
+                    + (f" {w['progress']:.0%}" if w["progress"] is not None else "")
                     for w in warm
                 )
                 if warm

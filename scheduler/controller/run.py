@@ -25,6 +25,7 @@ from scheduler.controller.residency import (
     ResidencyTracker,
     cache_capacity_bytes,
 )
+from scheduler.controller.warming import PodBook, WarmingController, WarmingMetrics
 from scheduler.core.quantity import parse_whole_quantity
 from scheduler.inventory.merge import merge_controller_view, status_changed
 from scheduler.inventory.status import InventoryStatus, now, parse_time
@@ -94,6 +95,8 @@ class ControllerMetrics:
             "replica leads; 0 when none. Set by the leader only.",
             registry=self.registry,
         )
+        # The warming controller's (zero while it is off): exported by every replica alike.
+        self.warming = WarmingMetrics(self.registry)
 
     # SyncObserver
     def watch_restarted(self, kind: str, reason: str) -> None:
@@ -123,9 +126,16 @@ def _mapping(value: object) -> Mapping[str, Any]:
 class ControllerState:
     """What the informers feed (a SyncTarget); marks nodes dirty for the reconciler."""
 
-    def __init__(self, tracker: ResidencyTracker, clock: Callable[[], datetime] = now) -> None:
+    def __init__(
+        self,
+        tracker: ResidencyTracker,
+        clock: Callable[[], datetime] = now,
+        book: PodBook | None = None,
+    ) -> None:
         self.tracker = tracker
         self.clock = clock
+        # The warming controller's view of pods (None while warming is off).
+        self.book = book
         self.synced = False
         self.sync_problems: dict[str, str] = {}
         # Objects the controller cannot understand: logged once per version, then skipped.
@@ -167,6 +177,8 @@ class ControllerState:
             self.mark(*self.inventories)
         elif kind == "Pod":
             moment = self.clock()
+            if self.book is not None:
+                self.book.clear()
             for pod in items:
                 self._observe(pod, moment)
             self.mark(*self.nodes)
@@ -191,6 +203,8 @@ class ControllerState:
             uid = pod_key(obj)
             if uid is not None:
                 self.tracker.forget_pod(uid, self.clock())
+                if self.book is not None:
+                    self.book.forget(uid)
             self.mark(_node_name(obj))
             return
         name = self._name(kind, obj)
@@ -213,6 +227,8 @@ class ControllerState:
             if problem is not None:
                 self.quarantine.reject("Pod", record.uid, pod, problem)
             self.tracker.observe_pod(pod, moment)
+            if self.book is not None:
+                self.book.observe(pod)
         except Exception as exc:
             key = pod_key(pod) or ""
             self.quarantine.reject("Pod", key, pod, Problem(UNREADABLE, f"{exc}"))
@@ -326,11 +342,16 @@ class Controller:
     """Runs the reconciler while leading; returns when stopped or when leadership is lost."""
 
     def __init__(
-        self, reconciler: Reconciler, state: ControllerState, settings: ControllerSettings
+        self,
+        reconciler: Reconciler,
+        state: ControllerState,
+        settings: ControllerSettings,
+        warming: WarmingController | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.state = state
         self.settings = settings
+        self.warming = warming
         self.stop_event = threading.Event()
         # node -> (status.observedAt as written, parsed) of its agent's last report, kept when
         # the controller's own view takes over: its age is how stale that node's agent is.
@@ -380,6 +401,11 @@ class Controller:
                     metrics.writes.labels("failed").inc()
                     log.warning("inventory %s: %s; will retry", name, exc)
                     self.state.mark(name)
+            if self.warming is not None:
+                try:
+                    self.warming.maybe_run()
+                except Exception:  # a bad pass must not stop the inventories being kept
+                    log.exception("warming pass failed; next one at the next interval")
             metrics.inventories.set(len(self.state.inventories))
             metrics.evictions.set(self.state.tracker.evictions)
             metrics.agent_report_age.set(self.agent_report_age(self.state.clock()))

@@ -19,6 +19,8 @@ Who owns what, whichever of them writes:
   ``gpu`` entry the controller no longer confirms is demoted by the next controller write,
   whoever wrote it: without that, an entry upgraded while an engine ran would outlive the
   engine, since both merges keep ``gpu``.
+* **Warming progress** (``status.warming``): the agent's alone; the controller's writes keep
+  it as the object holds it.
 * **Both**: ``lastUsed`` of a model both list is the newer of the two; ``sizeBytes`` is the
   report's when known, else the other's.
 
@@ -104,6 +106,7 @@ def merge_agent_report(current: InventoryStatus | None, report: InventoryStatus)
         problems=report.problems,
         allocated_source=allocated_source,
         allocatable_gpus=report.allocatable_gpus,
+        warming=report.warming,
     )
 
 
@@ -171,6 +174,8 @@ def merge_controller_view(
         models=_sorted(learned.values()),
         bandwidth=dict(current.bandwidth) if current is not None else {},
         observed_at=now,
+        # Only the agent writes warming progress; the controller carries it over as it is.
+        warming=current.warming if current is not None else (),
     )
 
 

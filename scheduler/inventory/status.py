@@ -21,6 +21,16 @@ SOURCES = ("agent", "controller")
 # or kvsched's own prediction of the device plugin's choice (the controller mirrors the pods'
 # kvsched.io/predicted-gpus annotations). Only the kubelet's list counts in placement.
 ALLOCATION_SOURCES = ("kubelet", "prediction")
+# status.warming.models[].state, as the CRD enumerates it: queued (asked for, not started),
+# copying, done (complete and verified: the model is then also in modelCache), failed (message
+# says why), evicted (copied once, since removed by LRU within the agent's budget).
+WARMING_STATES = ("queued", "copying", "done", "failed", "evicted")
+# The CRD's bounds (manifests/crd): a write beyond them is refused whole by the API server.
+MAX_WARMING_MODELS = 64
+MAX_MODEL_NAME = 256
+MAX_REVISION = 128
+MAX_MESSAGE = 256
+INT64_MAX = 2**63 - 1
 
 
 def format_time(value: dt.datetime) -> str:
@@ -91,6 +101,89 @@ class ModelEntry:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class WarmingProgress:
+    """One entry of ``status.warming.models``: how the agent's copy of a model is going.
+
+    Written only by the node agent; the controller reads it and carries it over untouched.
+    """
+
+    name: str
+    state: str
+    updated_at: dt.datetime
+    revision: str | None = None
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    message: str = ""
+    started_at: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.name) <= MAX_MODEL_NAME:
+            raise ValueError(f"warming model name {self.name[:64]!r}: 1..{MAX_MODEL_NAME} chars")
+        if self.state not in WARMING_STATES:
+            raise ValueError(
+                f"warming {self.name}: state {self.state!r} not one of {WARMING_STATES}"
+            )
+        if self.revision is not None and not 1 <= len(self.revision) <= MAX_REVISION:
+            raise ValueError(f"warming {self.name}: revision longer than {MAX_REVISION} chars")
+        for label, value in (("bytesDone", self.bytes_done), ("bytesTotal", self.bytes_total)):
+            if value is not None and not 0 <= value <= INT64_MAX:
+                raise ValueError(f"warming {self.name}: {label} {value} outside 0..2^63-1")
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.name.lower(), self.revision)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "state": self.state,
+            "bytesDone": self.bytes_done,
+            "updatedAt": format_time(self.updated_at),
+        }
+        if self.revision is not None:
+            out["revision"] = self.revision
+        if self.bytes_total is not None:
+            out["bytesTotal"] = self.bytes_total
+        if self.message:
+            # Messages carry error text from the file system or the source; the API server
+            # would refuse the whole status over one long message, so it is cut here.
+            out["message"] = _clip(self.message, MAX_MESSAGE)
+        if self.started_at is not None:
+            out["startedAt"] = format_time(self.started_at)
+        return out
+
+    @classmethod
+    def from_dict(cls, item: Mapping[str, Any]) -> WarmingProgress:
+        """Strict: a missing or malformed field raises ValueError naming it and its value."""
+        if not isinstance(item, Mapping):
+            raise ValueError(f"warming entry {str(item)[:80]!r} is not an object")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise ValueError(f"warming entry: name {str(name)[:80]!r} is not a string")
+        updated = item.get("updatedAt")
+        if not isinstance(updated, str):
+            raise ValueError(f"warming {name}: updatedAt {str(updated)[:80]!r} is not a date-time")
+        started = item.get("startedAt")
+        if started is not None and not isinstance(started, str):
+            raise ValueError(f"warming {name}: startedAt {str(started)[:80]!r} is not a date-time")
+        message = item.get("message", "")
+        if not isinstance(message, str):
+            raise ValueError(f"warming {name}: message is not a string")
+        return cls(
+            name=name,
+            state=str(item.get("state")),
+            updated_at=_strict_time(updated, "updatedAt", name),
+            revision=_optional_str(item, "revision", name),
+            bytes_done=_strict_int(item.get("bytesDone", 0), "bytesDone", name),
+            bytes_total=None
+            if item.get("bytesTotal") is None
+            else _strict_int(item.get("bytesTotal"), "bytesTotal", name),
+            message=message[:MAX_MESSAGE],
+            started_at=_strict_time(started, "startedAt", name) if started is not None else None,
+        )
+
+
 @dataclass(frozen=True)
 class InventoryStatus:
     source: str
@@ -107,10 +200,18 @@ class InventoryStatus:
     # GPU indices the kubelet can hand out (PodResources GetAllocatableResources: healthy,
     # not reserved); None when not read.
     allocatable_gpus: tuple[int, ...] | None = None
+    # status.warming.models: the agent's copies in progress (written by the agent only; the
+    # controller's merge keeps whatever the object holds).
+    warming: tuple[WarmingProgress, ...] = ()
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source {self.source!r} not one of {SOURCES}")
+        if len(self.warming) > MAX_WARMING_MODELS:
+            raise ValueError(
+                f"status.warming lists {len(self.warming)} models; the CRD allows "
+                f"{MAX_WARMING_MODELS}"
+            )
         if self.allocated_source is not None and self.allocated_source not in ALLOCATION_SOURCES:
             raise ValueError(
                 f"allocatedSource {self.allocated_source!r} not one of {ALLOCATION_SOURCES}"
@@ -144,6 +245,10 @@ class InventoryStatus:
             status["bandwidth"] = dict(self.bandwidth)
         if self.observed_at is not None:
             status["observedAt"] = format_time(self.observed_at)
+        if self.warming:
+            status["warming"] = {
+                "models": [w.to_dict() for w in sorted(self.warming, key=_warming_order)]
+            }
         return status
 
     @classmethod
@@ -207,6 +312,14 @@ class InventoryStatus:
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 problems.append(f"model entry {item!r}: {exc}")
+        warming: list[WarmingProgress] = []
+        raw_warming = status.get("warming")
+        items = _list(raw_warming.get("models")) if isinstance(raw_warming, Mapping) else []
+        for item in items[:MAX_WARMING_MODELS]:
+            try:
+                warming.append(WarmingProgress.from_dict(item))
+            except ValueError as exc:
+                problems.append(str(exc))
         bandwidth = status.get("bandwidth")
         observed = status.get("observedAt")
         try:
@@ -228,7 +341,38 @@ class InventoryStatus:
             problems=tuple(problems),
             allocated_source=allocated_source,
             allocatable_gpus=allocatable_gpus,
+            warming=tuple(warming),
         )
+
+
+def _warming_order(entry: WarmingProgress) -> tuple[str, str]:
+    return (entry.name.lower(), entry.revision or "")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _optional_str(item: Mapping[str, Any], field: str, owner: str) -> str | None:
+    value = item.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{owner}: {field} {str(value)[:80]!r} is not a non-empty string")
+    return value
+
+
+def _strict_time(text: str, field: str, owner: str) -> dt.datetime:
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise ValueError(f"{owner}: {field} {text[:80]!r} is not a date-time") from None
+
+
+def _strict_int(value: object, field: str, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{owner}: {field} {str(value)[:80]!r} is not an integer")
+    return value
 
 
 def _list(value: object) -> list[Any]:

@@ -105,6 +105,17 @@ class InventoryApi(Protocol):
     def delete_inventory(self, name: str) -> None: ...
 
 
+class InventorySpecApi(Protocol):
+    """NodeInventory spec writes: the warming controller's request to the node agent."""
+
+    def patch_inventory_spec(self, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``spec`` into the object's spec (JSON merge patch: a list is replaced whole);
+        the status is untouched (the status subresource keeps it out of main-resource writes).
+        Unconditional: only the controller writes the spec, while the agent's frequent status
+        writes would make a resourceVersion precondition fail for nothing."""
+        ...
+
+
 class EventApi(Protocol):
     """Kubernetes Events, for the extender's event recorder."""
 
@@ -380,6 +391,14 @@ class KubeApi:
             self.custom.replace_cluster_custom_object_status,
             name,
             body,
+        )
+
+    def patch_inventory_spec(self, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return self._inventory_call(
+            f"write NodeInventory {name} spec",
+            self.custom.patch_cluster_custom_object,
+            name,
+            {"spec": dict(spec)},
         )
 
     def delete_inventory(self, name: str) -> None:

@@ -269,7 +269,7 @@ def test_default_values_render_the_manifests(helm: Path, kubectl: Path) -> None:
     assert_same(without_namespace(manifests), chart)
     # The fields that matter most, spelled out (assert_same compared whole objects).
     extender = container(chart, "Deployment", "kvsched-scheduler", "kvsched-extender")
-    assert extender["image"] == "ghcr.io/kvsched/kvsched:0.1.0"
+    assert extender["image"] == "localhost/kvsched:0.1.0"
     assert extender["args"] == ["extender", "--host=127.0.0.1", "--port=8888"]
     assert extender_config(chart)["urlPrefix"] == "http://127.0.0.1:8888"
     agent = chart[("DaemonSet", NAMESPACE, "kvsched-agent")]["spec"]["template"]["spec"]
@@ -313,6 +313,29 @@ def test_tls_renders_the_tls_overlay(helm: Path, kubectl: Path) -> None:
     secret = template(helm, "tls.enabled=true", "tls.secretName=my-certs")
     pod = secret[("Deployment", NAMESPACE, "kvsched-scheduler")]["spec"]["template"]["spec"]
     assert {"name": "tls", "secret": {"secretName": "my-certs"}} in pod["volumes"]
+
+
+def test_warming_renders_the_warming_overlay(helm: Path, kubectl: Path) -> None:
+    overlay = kustomize(kubectl, "manifests/overlays/warming")
+    chart = template(helm, "warming.enabled=true")
+    # The overlay holds the inventory objects (controller and agent) plus the warming RBAC.
+    assert_same(overlay, {k: chart[k] for k in overlay})
+    controller = container(chart, "Deployment", "kvsched-controller", "controller")
+    assert "--warming-holders=2" in controller["args"]
+    plain = template(helm)
+    assert set(chart) - set(plain) == {
+        ("ClusterRole", "", "kvsched-controller-warming"),
+        ("ClusterRoleBinding", "", "kvsched-controller-warming"),
+    }
+    plain_controller = container(plain, "Deployment", "kvsched-controller", "controller")
+    assert not any(a.startswith("--warming") for a in plain_controller["args"])
+    holders = container(
+        template(helm, "warming.enabled=true", "warming.holders=3"),
+        "Deployment",
+        "kvsched-controller",
+        "controller",
+    )
+    assert "--warming-holders=3" in holders["args"]
 
 
 @pytest.mark.parametrize(

@@ -164,20 +164,42 @@ def test_nodes_json_and_a_filter(cluster_file: Path, capsys: pytest.CaptureFixtu
     assert status == 1 and "no GPU node named nope" in err
 
 
-def test_warming_is_shown_when_the_inventory_reports_it() -> None:
+def test_warming_is_shown_as_asked_and_as_copied() -> None:
     objects = canned()
-    objects.inventories[0]["status"]["warming"] = [
-        {"name": LLAMA_70B, "progress": 0.4},
-        {"name": QWEN_32B},
-        "garbage",
-    ]
+    inventory = objects.inventories[0]
+    inventory["spec"] = {
+        "warming": {
+            "models": [
+                {"name": LLAMA_70B, "reason": "2 holders wanted"},
+                {"name": QWEN_32B},
+                {"name": 7},  # unreadable: left out, the rest still shown
+            ]
+        }
+    }
+    moment = "2026-01-01T00:00:00Z"
+    inventory["status"]["warming"] = {
+        "models": [
+            {
+                "name": LLAMA_70B,
+                "revision": "a" * 40,
+                "state": "copying",
+                "bytesDone": 40,
+                "bytesTotal": 100,
+                "updatedAt": moment,
+            },
+            {"name": "org/evicted", "state": "evicted", "updatedAt": moment},
+            {"name": "org/bad", "state": "exploded", "updatedAt": moment},
+            "garbage",
+        ]
+    }
     rows = plugin.node_rows(objects, Catalog.builtin(), only=["h100-1"], clock=lambda: NOW)
     assert rows[0]["warming"] == [
-        {"name": LLAMA_70B, "progress": 0.4},
-        {"name": QWEN_32B, "progress": None},
+        {"name": LLAMA_70B, "state": "copying", "progress": 0.4},
+        {"name": "org/evicted", "state": "evicted", "progress": None},
+        {"name": QWEN_32B, "state": "asked", "progress": None},
     ]
     line = plugin.nodes_lines(rows)[1]
-    assert f"{LLAMA_70B} 40%, {QWEN_32B}" in line
+    assert f"{LLAMA_70B} copying 40%, org/evicted evicted, {QWEN_32B} asked" in line
 
 
 def test_a_broken_inventory_does_not_break_the_listing() -> None:

@@ -97,6 +97,23 @@ def test_settings_from_args(tmp_path: Path) -> None:
     assert agent_cmd.run(parse(["--interval", "-1", "--log-format", "text"])) == 2
 
 
+def test_warming_budget_is_the_reported_capacity(tmp_path: Path) -> None:
+    """The warming planner budgets a node by its reported capacity, so an agent with a warming
+    budget reports that budget (not its whole filesystem) unless told a capacity outright."""
+    source, cache = tmp_path / "source", tmp_path / "cache"
+    source.mkdir()
+    cache.mkdir()
+    base = ["--node-name", "n", "--warm-source", str(source), "--warm-cache-dir", str(cache)]
+    budgeted = agent_cmd.settings_from_args(parse([*base, "--warm-budget-bytes", "1Gi"]))
+    assert budgeted.capacity_bytes == 2**30
+    unbudgeted = agent_cmd.settings_from_args(parse(base))
+    assert unbudgeted.capacity_bytes == default_capacity([cache])
+    explicit = agent_cmd.settings_from_args(
+        parse([*base, "--warm-budget-bytes", "1Gi", "--cache-capacity-bytes", "5000"])
+    )
+    assert explicit.capacity_bytes == 5000
+
+
 def test_node_name_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NODE_NAME", "from-env")
     assert parse([]).node_name == "from-env"
