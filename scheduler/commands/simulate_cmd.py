@@ -10,20 +10,36 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.commands.common import add_catalog_argument, fail, load_catalog
+from scheduler.simulate.engine import Warming
 from scheduler.simulate.metrics import format_table, targets
-from scheduler.simulate.policies import POLICIES, STOCK
+from scheduler.simulate.policies import BLIND, POLICIES, STOCK
 from scheduler.simulate.run import simulate
-from scheduler.simulate.trace import REFERENCE
+from scheduler.simulate.trace import REFERENCE, UNTUNED
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "simulate",
-        help="trace-driven placement simulator: kvsched vs stock-like policies",
+        help="trace-driven placement simulator: kvsched vs the stock scheduler",
         description="Generate a seeded workload trace (GPU pool, deployments scaling up and "
         "down, Zipf-popular models, gangs, node caches of limited size) and replay it under "
         "each policy with the placement core the extender uses. Defaults are the reference "
         "trace of docs/benchmarks.md.",
+    )
+    parser.add_argument(
+        "--trace",
+        type=int,
+        choices=range(1, len(UNTUNED) + 1),
+        metavar="N",
+        help="replay untuned trace N of docs/benchmarks.md instead ("
+        + "; ".join(f"{i}: {label}" for i, (label, _) in enumerate(UNTUNED, 1))
+        + "); --seed/--nodes/--duration/--rate then do not apply",
+    )
+    parser.add_argument(
+        "--warming",
+        action="store_true",
+        help="run the warming controller's planner (scheduler.core.warming) every minute of "
+        "simulated time, its copies at 1.5 GB/s",
     )
     parser.add_argument("--seed", type=int, default=REFERENCE.seed)
     parser.add_argument("--nodes", type=int, default=REFERENCE.nodes)
@@ -55,20 +71,27 @@ def run(args: argparse.Namespace) -> int:
         rate = REFERENCE.deployment_rate_per_h * args.nodes / REFERENCE.nodes
     try:
         catalog = load_catalog(args.catalog)
-        config = dataclasses.replace(
-            REFERENCE,
-            seed=args.seed,
-            nodes=args.nodes,
-            duration_s=args.duration,
-            deployment_rate_per_h=rate,
-        )
+        if args.trace is not None:
+            config = UNTUNED[args.trace - 1][1]
+        else:
+            config = dataclasses.replace(
+                REFERENCE,
+                seed=args.seed,
+                nodes=args.nodes,
+                duration_s=args.duration,
+                deployment_rate_per_h=rate,
+            )
     except (ValueError, OSError) as exc:
         return fail(str(exc))
+    warming = None
+    if args.warming:
+        from scheduler.simulate.warming import PlannerWarming
+
+        warming = Warming(PlannerWarming(), interval_s=60.0)
     started = time.perf_counter()
-    sim = simulate(config, args.policies, catalog)
+    sim = simulate(config, args.policies, catalog, warming=warming)
     wall = time.perf_counter() - started
-    stock = STOCK if STOCK in args.policies else args.policies[0]
-    found = targets(sim.metrics, stock)
+    found = targets(sim.metrics, STOCK, blind=BLIND)
     plots: list[str] = []
     if args.plots:
         from scheduler.simulate.plots import write_plots

@@ -11,13 +11,18 @@ Rules (the tests pin each of them down):
   node (``spec.nodeName``). Its model is the catalog's canonical name, lower-cased, when the
   catalog knows it, else the annotation lower-cased (the same key the extender's demand uses);
   ``kvsched.io/model-revision`` keeps revisions apart.
-* **Tiers.** While some pod of a model is in phase ``Running`` on the node, the model is
-  ``gpu``-resident (its engine holds the weights). A pod that is bound but not started
-  (``Pending``, ``Unknown``) holds GPUs but puts nothing in the cache yet. Once the last pod of
-  a model stopped (phase ``Succeeded``/``Failed``, or deleted) the weights count as
-  ``host-memory`` (page cache) for ``host_memory_ttl_s`` after its stop time, then as
-  ``local-disk``: downloaded files stay until evicted. A pod that failed before loading
-  anything still counts: its phase cannot tell, and residency is only ever a score.
+* **Tiers.** While some pod of a model is in phase ``Running`` *and Ready* on the node, the
+  model is ``gpu``-resident (its engine holds the weights). Phase ``Running`` alone says only
+  that the container started: a serving engine passes its readiness probe once the weights
+  are loaded, so a pod still loading (``Running``, not Ready) puts nothing in the cache yet,
+  like one that is bound but not started (``Pending``, ``Unknown``): counting the weights
+  from the start would send the next replica to a node where they are still arriving. (A
+  pod without a readiness probe is Ready as soon as it starts; nothing better is known.)
+  Once the last pod of a model stopped (phase ``Succeeded``/``Failed``, or deleted) the
+  weights count as ``host-memory`` (page cache) for ``host_memory_ttl_s`` after its stop
+  time, then as ``local-disk``: downloaded files stay until evicted. A pod that failed
+  before loading anything still counts: its phase cannot tell, and residency is only ever
+  a score.
 * **lastUsed** is the latest time the model was seen in use on the node: the latest
   observation of a running pod, or the time a pod stopped (the latest container
   ``finishedAt`` when the pod status has one, else the time the controller saw it stop or
@@ -67,6 +72,8 @@ __all__ = [
 
 CACHE_BYTES_LABEL = "kvsched.io/model-cache-bytes"
 RUNNING_PHASE = "Running"
+# The kubelet writes five pod conditions; more is someone else's invention, not read.
+MAX_CONDITIONS = 32
 
 _T = TypeVar("_T")
 
@@ -78,8 +85,9 @@ ModelKey = tuple[str, str | None]
 class PodUse:
     """What the controller remembers of a pod that runs (or ran) a model on a node.
 
-    ``running``: phase ``Running`` (the model is GPU-resident). ``stopped``: phase
-    ``Succeeded``/``Failed``. Neither: bound but not started (``Pending``/``Unknown``).
+    ``running``: phase ``Running`` and condition Ready (the model is GPU-resident).
+    ``stopped``: phase ``Succeeded``/``Failed``. Neither: bound but not started or still
+    loading (``Pending``/``Unknown``, or ``Running`` and not Ready).
     ``last_seen``: ``now`` unless stopped; when stopped, the latest container ``finishedAt``
     (never later than ``now``), else ``now``. ``gpu_indices``: the GPUs the pod holds
     (empty once it finished, or without an ``predicted-gpus`` annotation for its node).
@@ -346,11 +354,24 @@ def _use_of(
         model=(spec.name if spec is not None else raw_name).lower(),
         revision=revision if isinstance(revision, str) and revision.strip() else None,
         size_bytes=size,
-        running=record.phase == RUNNING_PHASE,
+        running=record.phase == RUNNING_PHASE and _ready(pod),
         last_seen=_finished_at(pod, now) if stopped else now,
         gpu_indices=_assigned(record) if record.holds_gpus else (),
         stopped=stopped,
     )
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's ``Ready`` condition is ``True`` (bounded: any pod can carry any
+    status, and the kubelet writes a handful of conditions)."""
+    conditions = _mapping(pod.get("status")).get("conditions")
+    if not isinstance(conditions, list):
+        return False
+    for item in conditions[:MAX_CONDITIONS]:
+        condition = _mapping(item)
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return False
 
 
 def _assigned(record: PodRecord) -> tuple[int, ...]:

@@ -51,18 +51,20 @@ class Bandwidth:
 
     Defaults are the middle of the ranges in reference/facts.md: remote object store or network
     volume ~1.5 GB/s, local NVMe ~5 GB/s with a stock loader, host page cache ~20 GB/s (PCIe
-    bound), GPU-resident weights (a sleeping engine) ~200 GB/s device-local copy.
+    bound).
+
+    There is no GPU rate: weights GPU-resident on a node are held by a running engine, and a
+    new pod's engine cannot read another process's GPU memory. What such a copy gives a new
+    replica is the page cache its holder loaded through, so :meth:`for_tier` rates ``GPU`` as
+    host memory (an upper bound: the holder may have loaded long ago and the pages gone).
     """
 
     network: float = 1.5e9
     local_disk: float = 5e9
     host_memory: float = 20e9
-    gpu: float = 200e9
 
     def for_tier(self, tier: Tier) -> float:
-        if tier is Tier.GPU:
-            return self.gpu
-        if tier is Tier.HOST_MEMORY:
+        if tier >= Tier.HOST_MEMORY:
             return self.host_memory
         if tier is Tier.LOCAL_DISK:
             return self.local_disk

@@ -1,6 +1,6 @@
 """PNG plots of a simulation (matplotlib with the Agg backend; in the `dev` extra).
 
-* ``time_to_ready.png``: mean and p95 estimated time to ready per policy (bars);
+* ``time_to_ready.png``: mean and p95 simulated time to ready per policy (bars);
 * ``time_to_ready_cdf.png``: the CDF of time to ready over placed pods, one line per policy;
 * ``fragmentation.png``: share of free GPUs stranded on nodes with fewer than 8 free, over
   time, one line per policy;
@@ -52,7 +52,7 @@ def write_plots(
     )
     ax.bar([p + width / 2 for p in positions], [m.p95_ready_s for m in metrics], width, label="p95")
     ax.set_xticks(positions, names)
-    ax.set_ylabel("estimated time to ready (s)")
+    ax.set_ylabel("simulated time to ready (s)")
     paths.append(finish(fig, ax, "Time to ready per policy", folder / "time_to_ready.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -66,7 +66,7 @@ def write_plots(
                 label=result.policy,
             )
     ax.set_xscale("log")
-    ax.set_xlabel("estimated time to ready (s, log)")
+    ax.set_xlabel("simulated time to ready (s, log)")
     ax.set_ylabel("share of placed pods")
     paths.append(finish(fig, ax, "CDF of time to ready", folder / "time_to_ready_cdf.png"))
 

@@ -1,28 +1,41 @@
-"""Placement policies for the simulator: kvsched and the baselines it is measured against.
+"""Placement policies for the simulator: kvsched and the stock baselines it is measured against.
 
-Every policy sees the same cluster state (the simulated ClusterStore) and never places what
-cannot run: the baselines use the core's own fit check (``ClusterStore.evaluations``: GPU
-count, weights + KV in GPU memory), only their node ordering differs. No policy chooses GPUs:
-on the chosen node every pod gets what the NVIDIA device plugin hands out (go-gpuallocator's
-best-effort policy over the free GPUs in the kubelet's random order; see
-:mod:`scheduler.simulate.kubelet` and :meth:`SimCluster.commit`).
+Every policy is kube-scheduler's **default profile as shipped** (kubescheduler.config.k8s.io/v1
+defaults: ``pkg/scheduler/apis/config/v1/default_plugins.go`` and ``defaults.go``), with or
+without something on top. The default profile's score plugins that tell the simulated nodes
+apart (:class:`DefaultProfile`):
 
-* ``kvsched``: the extender's path, verbatim: ``ClusterStore.filter`` (for gang members the
-  store's gang path: the first member plans the whole group, the others pass only on their
-  planned node), ``prioritize_scores``, then ``bind`` (which writes kvsched's prediction of
-  the plugin's GPUs on the pod). The node kube-scheduler picks is the highest total score:
-  the extender's 0..10 x weight 20 x 10 (the shipped scheduler configuration) plus
-  kube-scheduler's own LeastAllocated and BalancedAllocation (0..100 each); among equal
-  totals a seeded random one, as kube-scheduler's selectHost does.
-* ``spread``: stock kube-scheduler: LeastAllocated + BalancedAllocation over cpu, memory and
-  nvidia.com/gpu (the requests are proportional to the GPUs, so this spreads GPUs), random
-  among equals.
-* ``binpack``: MostAllocated over the same resources.
-* ``pinning``: hard residency pinning: only nodes that hold the model (any tier) when one of
-  them fits, else anywhere; spread among them.
-* ``topology``: kvsched's score with residency removed (ready weight 0; the GPU-set term
-  rates each node by the set the device plugin is predicted to hand out), without gang
-  planning.
+* ``NodeResourcesFit`` (weight 1), strategy ``LeastAllocated`` over **cpu and memory**, weight
+  1 each (the defaults do not score ``nvidia.com/gpu``; the simulated pods request 8 cpu and
+  64Gi per GPU, so this still spreads by GPUs, coarsely);
+* ``NodeResourcesBalancedAllocation`` (weight 1) over cpu and memory;
+* ``PodTopologySpread`` (weight 2) with the **system default constraints** (``ScheduleAnyway``:
+  ``topology.kubernetes.io/zone`` maxSkew 5, ``kubernetes.io/hostname`` maxSkew 3), which
+  apply to pods owned by a ReplicaSet/StatefulSet, i.e. the replicas of one Deployment (or
+  LeaderWorkerSet) count together; scored as upstream's ``scoring.go`` does (counts times
+  ``log(domains + 2)`` plus ``maxSkew - 1``, rounded, then normalised to
+  ``100 * (max + min - s) / max``), counting pods on the nodes that match the pod's required
+  node affinity;
+* ``TaintToleration``, ``NodeAffinity`` (only preferred terms score), ``InterPodAffinity``
+  (no terms) and ``ImageLocality`` (one serving image everywhere) give every node the same
+  score here and are left out.
+
+Ties go to a seeded random node among the best, as kube-scheduler's ``selectHost`` does. No
+policy chooses GPUs: on the chosen node every pod gets what the NVIDIA device plugin hands out
+(:mod:`scheduler.simulate.kubelet`, :meth:`SimCluster.commit`).
+
+* ``kvsched``: the default profile plus the extender, verbatim: ``ClusterStore.filter`` (gang
+  members through the store's gang path), ``prioritize_scores`` x weight 20 x 10 (the shipped
+  scheduler configuration) added to the default profile's scores, then ``bind``.
+* ``stock-hinted``: the default profile with the per-model GPU-product affinity careful
+  operators write (a required ``nvidia.com/gpu.product In [...]`` listing the products
+  whose memory holds the pod's weights + KV budget at its TP size): the core's memory-fit
+  check, nothing else of kvsched.
+* ``stock-blind``: the default profile on GPU count alone. A pod placed where weights + KV do
+  not fit is a **failed start**: it holds its GPUs, loads, crashes, never gets ready.
+* ``pinning``: residency pinning as model-cache operators do it (a hard constraint to nodes
+  the controller lists as holding the model, any tier, when one of them fits; anywhere else
+  otherwise), on top of ``stock-hinted``.
 
 The baselines place gang members one at a time, as kube-scheduler without a coscheduling
 plugin does: members that fit are bound even when the rest cannot be, which is how partially
@@ -31,53 +44,109 @@ placed gangs happen. kvsched plans whole gangs.
 
 from __future__ import annotations
 
-import statistics
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from scheduler.core.demand import PodDemand, parse_demand
-from scheduler.core.placement import DEFAULT_SCORING, NodeEvaluation, ScoringConfig
-from scheduler.core.scoring import score_table
-from scheduler.simulate.engine import GPUS_PER_NODE, SimCluster
+from scheduler.simulate.engine import SimCluster
 from scheduler.simulate.trace import NAMESPACE, PodSpec
 
 EXTENDER_WEIGHT = 20  # manifests/scheduler/scheduler-config.yaml
 EXTENDER_SCALE = 10  # kube-scheduler: MaxNodeScore / MaxExtenderPriority
-MAX_NODE_SCORE = 100.0
-# Node allocatable and per-GPU requests of the simulated pool (scheduler.demo.cluster and
-# scheduler.simulate.trace.PodSpec): cpu, memory in GiB, GPUs.
-ALLOCATABLE = (220.0, 1980.0, float(GPUS_PER_NODE))
-PER_GPU_REQUEST = (8.0, 64.0, 1.0)
+MAX_NODE_SCORE = 100
+# Node allocatable (scheduler.demo.cluster.node_object) and the simulated pods' requests per
+# GPU (scheduler.simulate.trace.PodSpec): milli-cpu and bytes, as kube-scheduler counts them.
+ALLOCATABLE_MILLICPU = 220_000
+ALLOCATABLE_MEMORY = 1980 * 2**30
+MILLICPU_PER_GPU = 8_000
+MEMORY_PER_GPU = 64 * 2**30
+# Default plugin weights (default_plugins.go).
+FIT_WEIGHT, BALANCED_WEIGHT, SPREAD_WEIGHT = 1, 1, 2
+# PodTopologySpread's system default constraints: (topology key, maxSkew).
+ZONE_KEY, HOSTNAME_KEY = "topology.kubernetes.io/zone", "kubernetes.io/hostname"
+DEFAULT_CONSTRAINTS = ((ZONE_KEY, 5), (HOSTNAME_KEY, 3))
 
 
-def _fractions(used_gpus: int) -> list[float]:
-    return [min(1.0, used_gpus * r / a) for r, a in zip(PER_GPU_REQUEST, ALLOCATABLE, strict=True)]
+def least_allocated(used_gpus_after: int) -> int:
+    """NodeResourcesFit LeastAllocated (0..100) over cpu and memory, integer math as upstream
+    (per resource ``(allocatable - requested) * 100 / allocatable``, then the weighted mean)."""
+    cpu = MILLICPU_PER_GPU * used_gpus_after
+    memory = MEMORY_PER_GPU * used_gpus_after
+    cpu_score = max(0, ALLOCATABLE_MILLICPU - cpu) * MAX_NODE_SCORE // ALLOCATABLE_MILLICPU
+    memory_score = max(0, ALLOCATABLE_MEMORY - memory) * MAX_NODE_SCORE // ALLOCATABLE_MEMORY
+    return (cpu_score + memory_score) // 2
 
 
-def least_allocated(used_after: int) -> float:
-    """kube-scheduler's LeastAllocated score (0..100) after placing the pod."""
-    return MAX_NODE_SCORE * statistics.fmean(1.0 - f for f in _fractions(used_after))
+def balanced_allocation(used_gpus_after: int) -> int:
+    """NodeResourcesBalancedAllocation (0..100): ``(1 - std of the fractions) * 100`` over cpu
+    and memory (for two resources upstream's std is half their difference)."""
+    cpu = min(1.0, MILLICPU_PER_GPU * used_gpus_after / ALLOCATABLE_MILLICPU)
+    memory = min(1.0, MEMORY_PER_GPU * used_gpus_after / ALLOCATABLE_MEMORY)
+    return int((1.0 - abs(cpu - memory) / 2) * MAX_NODE_SCORE)
 
 
-def most_allocated(used_after: int) -> float:
-    """kube-scheduler's MostAllocated score (0..100) after placing the pod."""
-    return MAX_NODE_SCORE * statistics.fmean(_fractions(used_after))
+def spread_scores(
+    sim: SimCluster, deployment: str, candidates: Sequence[str], counted: Sequence[str]
+) -> list[int]:
+    """PodTopologySpread's normalised scores (0..100) of `candidates` for a replica of
+    `deployment` under the system default constraints; `counted`: the nodes whose pods count
+    (those matching the pod's required node affinity)."""
+    if not candidates:
+        return []
+    zone_of = {n: sim.zone(n) for n in counted}
+    zones = {sim.zone(n) for n in candidates}
+    per_zone: dict[str, int] = dict.fromkeys(zones, 0)
+    for node in counted:
+        zone = zone_of[node]
+        if zone in per_zone:
+            per_zone[zone] += sim.replicas_on(node, deployment)
+    zone_weight = math.log(len(zones) + 2)
+    host_weight = math.log(len(candidates) + 2)
+    raw = []
+    for node in candidates:
+        score = 0.0
+        for key, skew in DEFAULT_CONSTRAINTS:
+            if key == ZONE_KEY:
+                score += per_zone[sim.zone(node)] * zone_weight + (skew - 1)
+            else:
+                score += sim.replicas_on(node, deployment) * host_weight + (skew - 1)
+        raw.append(math.floor(score + 0.5))  # Go's math.Round on positive values
+    low, high = min(raw), max(raw)
+    if high == 0:
+        return [MAX_NODE_SCORE] * len(raw)
+    return [MAX_NODE_SCORE * (high + low - s) // high for s in raw]
 
 
-def balanced(used_after: int) -> float:
-    """kube-scheduler's BalancedAllocation score (0..100): 1 - std of the fractions."""
-    return MAX_NODE_SCORE * (1.0 - statistics.pstdev(_fractions(used_after)))
+class DefaultProfile:
+    """The default profile's scores (module docstring) for one pod over candidate nodes."""
+
+    def scores(
+        self,
+        sim: SimCluster,
+        pod: PodSpec,
+        gpus: int,
+        candidates: Sequence[str],
+        counted: Sequence[str],
+    ) -> list[int]:
+        spread = spread_scores(sim, pod.deployment, candidates, counted)
+        totals = []
+        for node, pts in zip(candidates, spread, strict=True):
+            after = sim.used[node] + gpus
+            totals.append(
+                FIT_WEIGHT * least_allocated(after)
+                + BALANCED_WEIGHT * balanced_allocation(after)
+                + SPREAD_WEIGHT * pts
+            )
+        return totals
+
+
+PROFILE = DefaultProfile()
 
 
 def _pick(sim: SimCluster, names: Sequence[str], totals: Sequence[float]) -> str:
     best = max(totals)
     top = [n for n, t in zip(names, totals, strict=True) if t >= best - 1e-9]
     return top[0] if len(top) == 1 else sim.rng.choice(top)
-
-
-def _stock_score(sim: SimCluster, node: str, gpus: int) -> float:
-    used_after = sim.used[node] + gpus
-    return least_allocated(used_after) + balanced(used_after)
 
 
 class KvschedPolicy:
@@ -93,120 +162,79 @@ class KvschedPolicy:
                     return  # the group failed as a whole: every member fails alike
                 continue
             scores = store.prioritize_scores(demand, result.passed)
+            stock = PROFILE.scores(sim, pod, demand.gpus, result.passed, sim.node_names)
             totals = [
-                s * EXTENDER_WEIGHT * EXTENDER_SCALE + _stock_score(sim, n, demand.gpus)
-                for n, s in zip(result.passed, scores, strict=True)
+                s * EXTENDER_WEIGHT * EXTENDER_SCALE + d for s, d in zip(scores, stock, strict=True)
             ]
             node = _pick(sim, result.passed, totals)
             bound = store.bind(NAMESPACE, pod.name, pod.uid, node)
             sim.commit(pod, demand, node, predicted=bound.prediction.indices)
 
 
-@dataclass
-class _Candidate:
-    node: str
-    evaluation: NodeEvaluation
+class _Stock:
+    """The default profile, one pod at a time; subclasses say which nodes are feasible."""
 
-
-class _Baseline:
-    """One pod at a time: the core's fit check, then the policy's node order."""
-
-    name = "baseline"
+    name = "stock"
 
     def place(self, sim: SimCluster, pods: Sequence[PodSpec]) -> None:
         for pod in pods:
             demand = parse_demand(sim.pod_object(pod), sim.catalog)
-            evaluations = sim.store.evaluations(demand, sim.node_names)
-            feasible = [
-                _Candidate(n, e) for n, e in zip(sim.node_names, evaluations, strict=True) if e.fits
-            ]
+            counted = self.affinity(sim, demand)
+            feasible = [n for n in counted if len(sim.free_gpus(n)) >= demand.gpus]
+            feasible = self.narrow(sim, demand, feasible)
             if not feasible:
                 continue
-            candidates = self.candidates(sim, demand, feasible)
-            totals = self.scores(sim, demand, candidates)
-            node = _pick(sim, [c.node for c in candidates], totals)
-            sim.commit(pod, demand, node)
+            totals = PROFILE.scores(sim, pod, demand.gpus, feasible, counted)
+            sim.commit(pod, demand, _pick(sim, feasible, totals))
 
-    def candidates(
-        self, sim: SimCluster, demand: PodDemand, feasible: list[_Candidate]
-    ) -> list[_Candidate]:
+    def affinity(self, sim: SimCluster, demand: PodDemand) -> list[str]:
+        """Nodes matching the pod's required node affinity (all of them: none)."""
+        return list(sim.node_names)
+
+    def narrow(self, sim: SimCluster, demand: PodDemand, feasible: list[str]) -> list[str]:
         return feasible
 
-    def scores(
-        self, sim: SimCluster, demand: PodDemand, candidates: list[_Candidate]
-    ) -> list[float]:
-        return [_stock_score(sim, c.node, demand.gpus) for c in candidates]
+
+class StockBlindPolicy(_Stock):
+    """GPU count only; the engine judges the failed starts (SimCluster.commit)."""
+
+    name = "stock-blind"
 
 
-class SpreadPolicy(_Baseline):
-    name = "spread"
+class StockHintedPolicy(_Stock):
+    """Per-model GPU-product affinity: the products whose memory holds the pod."""
+
+    name = "stock-hinted"
+
+    def affinity(self, sim: SimCluster, demand: PodDemand) -> list[str]:
+        return [n for n in sim.node_names if sim.memory_fits(demand, n)]
 
 
-class BinpackPolicy(_Baseline):
-    name = "binpack"
-
-    def scores(
-        self, sim: SimCluster, demand: PodDemand, candidates: list[_Candidate]
-    ) -> list[float]:
-        return [
-            most_allocated(sim.used[c.node] + demand.gpus)
-            + balanced(sim.used[c.node] + demand.gpus)
-            for c in candidates
-        ]
-
-
-class PinningPolicy(_Baseline):
+class PinningPolicy(StockHintedPolicy):
     name = "pinning"
 
-    def candidates(
-        self, sim: SimCluster, demand: PodDemand, feasible: list[_Candidate]
-    ) -> list[_Candidate]:
+    def narrow(self, sim: SimCluster, demand: PodDemand, feasible: list[str]) -> list[str]:
         if demand.model is None:
             return feasible
         cached = [
-            c
-            for c in feasible
-            if sim.node_state(c.node).residency(demand.model, demand.revision) is not None
+            n
+            for n in feasible
+            if sim.node_state(n).residency(demand.model, demand.revision) is not None
         ]
         return cached or feasible
 
 
-class TopologyPolicy(_Baseline):
-    """kvsched's scoring without residency: ready weight 0; no gang planning."""
-
-    name = "topology"
-
-    def __init__(self, base: ScoringConfig = DEFAULT_SCORING) -> None:
-        self.config = ScoringConfig(
-            ready_weight=0.0,
-            gpu_set_weight=base.gpu_set_weight,
-            right_size_weight=base.right_size_weight,
-            fragmentation_weight=base.fragmentation_weight,
-            engine_init_seconds=base.engine_init_seconds,
-        )
-
-    def scores(
-        self, sim: SimCluster, demand: PodDemand, candidates: list[_Candidate]
-    ) -> list[float]:
-        table = score_table((c.evaluation for c in candidates), self.config)
-        return [
-            table[id(c.evaluation)].score * EXTENDER_WEIGHT * EXTENDER_SCALE
-            + _stock_score(sim, c.node, demand.gpus)
-            for c in candidates
-        ]
-
-
-POLICIES: dict[str, Callable[[], KvschedPolicy | _Baseline]] = {
+POLICIES: dict[str, Callable[[], KvschedPolicy | _Stock]] = {
     "kvsched": KvschedPolicy,
-    "spread": SpreadPolicy,
-    "binpack": BinpackPolicy,
+    "stock-hinted": StockHintedPolicy,
+    "stock-blind": StockBlindPolicy,
     "pinning": PinningPolicy,
-    "topology": TopologyPolicy,
 }
-STOCK = "spread"
+STOCK = "stock-hinted"  # the baseline of the load-time target
+BLIND = "stock-blind"  # the baseline of the failed-starts comparison
 
 
-def make_policy(name: str) -> KvschedPolicy | _Baseline:
+def make_policy(name: str) -> KvschedPolicy | _Stock:
     try:
         return POLICIES[name]()
     except KeyError:

@@ -541,7 +541,6 @@ def _bandwidth(inv_status: Mapping[str, Any]) -> Bandwidth:
         ("network", "network"),
         ("localDisk", "local_disk"),
         ("hostMemory", "host_memory"),
-        ("gpu", "gpu"),
     ):
         raw = values.get(key)
         if raw is None:

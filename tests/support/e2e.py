@@ -458,13 +458,14 @@ class Cluster:
         self, name: str, node: str, *, gpus: int = 1, annotations: Mapping[str, str] | None = None
     ) -> str:
         """A pod already on `node` (nodeName set at create, as a kubelet-era pod) and marked
-        Running through the status subresource: what the controller learns residency from."""
+        Running and Ready through the status subresource, as the kubelet reports an engine
+        that has loaded its weights: what the controller learns residency from."""
         container = _container(gpus)
         self._create_pod(name, {"nodeName": node, "containers": [container]}, annotations)
         self.cp.request(
             "PATCH",
             f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/status",
-            {"status": {"phase": "Running"}},
+            {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}},
             content_type="application/merge-patch+json",
         )
         return name

@@ -155,7 +155,10 @@ def pod(
     phase: str = "Pending",
     uid: str | None = None,
     realistic: bool = False,
+    ready: bool | None = None,
 ) -> dict[str, Any]:
+    """A pod object as the API serves it. ``ready``: its Ready condition (default: True when
+    Running, as the kubelet reports a pod whose engine passed its readiness probe)."""
     container: dict[str, Any] = {"name": "vllm", "image": "vllm/vllm-openai:v0.11.0"}
     if gpus:
         container["resources"] = {
@@ -175,6 +178,12 @@ def pod(
     }
     if node is not None:
         obj["spec"]["nodeName"] = node
+    if ready is None:
+        ready = phase == "Running"
+    if phase != "Pending" or ready:
+        obj["status"]["conditions"] = [
+            {"type": "Ready", "status": "True" if ready else "False"},
+        ]
     if realistic:
         obj["metadata"].update(
             {

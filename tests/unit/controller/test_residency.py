@@ -191,6 +191,27 @@ def test_a_pending_pod_puts_nothing_in_the_cache() -> None:
     assert t.learned("n1", at(6), BIG) == ((), ())
 
 
+def test_a_running_pod_still_loading_puts_nothing_in_the_cache_until_ready() -> None:
+    """Phase Running says the container started, not that the weights arrived: the next
+    replica must not be sent to a node where they are still downloading."""
+    t = tracker()
+    loading = model_pod("a")
+    loading["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    use = t.observe_pod(loading, at(0))
+    assert use is not None and not use.running
+    assert t.learned("n1", at(1), BIG)[0] == ()
+    ready = model_pod("a")  # the engine passed its readiness probe: weights loaded
+    assert t.observe_pod(ready, at(60)) is not None
+    assert [(m.name, m.tier) for m in t.learned("n1", at(61), BIG)[0]] == [
+        (LLAMA_8B.lower(), "gpu")
+    ]
+    # No condition at all (a status nobody wrote yet) is not Ready either.
+    bare = model_pod("b", node="n2")
+    bare["status"].pop("conditions")
+    t.observe_pod(bare, at(62))
+    assert t.learned("n2", at(63), BIG)[0] == ()
+
+
 def test_a_finished_pod_first_seen_after_a_restart_still_counts() -> None:
     t = tracker()
     t.observe_pod(model_pod("a", phase="Succeeded", finished_at="2026-11-28T07:50:00Z"), T0)

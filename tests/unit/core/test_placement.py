@@ -198,7 +198,6 @@ def random_node(draw: st.DrawFn, name: str) -> NodeState:
         network=draw(st.floats(0.2e9, 3e9)),
         local_disk=draw(st.floats(3e9, 25e9)),
         host_memory=draw(st.floats(25e9, 60e9)),
-        gpu=200e9,
     )
     models = {LLAMA_8B: tier} if tier is not None else {}
     return replace(node(name, preset, product, free=free, models=models), bandwidth=bandwidth)

@@ -9,6 +9,7 @@ from scheduler.simulate.trace import CachedCopy, Event, PodSpec, SimNode, Trace,
 
 KIND = {k.prefix: k for k in KINDS}
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
+LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
 TB = 10**12
 
 
@@ -18,14 +19,20 @@ def nodes(*names: str) -> tuple[SimNode, ...]:
 
 
 def pod(
-    name: str, gpus: int, model: str = LLAMA_8B, gang: tuple[str, int] | None = None
+    name: str,
+    gpus: int,
+    model: str = LLAMA_8B,
+    gang: tuple[str, int] | None = None,
+    deployment: str = "dep",
 ) -> PodSpec:
     annotations = [("kvsched.io/model", model), ("kvsched.io/max-model-len", "4096")]
     if gang is None:
-        return PodSpec(name, gpus, model, tuple(annotations), "dep", name)
+        return PodSpec(name, gpus, model, tuple(annotations), deployment, name)
     gname, size = gang
     annotations += [("kvsched.io/gang", gname), ("kvsched.io/gang-size", str(size))]
-    return PodSpec(name, gpus, model, tuple(annotations), "dep", gname, gang=gname, gang_size=size)
+    return PodSpec(
+        name, gpus, model, tuple(annotations), deployment, gname, gang=gname, gang_size=size
+    )
 
 
 def arrive(t: float, *pods: PodSpec) -> Event:

@@ -167,7 +167,7 @@ def test_simulated_run_every_tp_pod_holds_a_reachable_allocation(
     catalog = Catalog.builtin()
     config = TraceConfig(seed=3, nodes=8, duration_s=3 * 3600, deployment_rate_per_h=3.0)
     t = generate_trace(config, catalog)
-    for name in ("kvsched", "spread"):
+    for name in ("kvsched", "stock-hinted"):
         allocator_calls.clear()
         result = run_policy(t, make_policy(name), catalog)
         placed = [p for p in result.pods if p.placed is not None and p.gpus > 0]
@@ -190,7 +190,7 @@ def test_simulated_run_every_tp_pod_holds_a_reachable_allocation(
             assert all(p.gang is not None for p in taken)  # only stale gang reservations
         else:
             assert metrics.tp_predicted == 0 and metrics.predicted_best_set_share is None
-    table = format_table([compute(run_policy(t, make_policy("spread"), catalog))])
+    table = format_table([compute(run_policy(t, make_policy("stock-hinted"), catalog))])
     assert "BEST SET (PLUGIN)" in table and "BEST SET (PREDICTED)" in table
 
 
@@ -204,7 +204,7 @@ def _node_layout(pool: Sequence[Any], name: str | None) -> NodeTopology:
 def test_departures_give_the_plugins_gpus_back() -> None:
     a, b = pod("a", 4), pod("b", 8)
     t = trace(nodes("h100-1"), [arrive(0, a), arrive(1, b), depart(10, a)], duration=20)
-    result = run_policy(t, make_policy("spread"))
+    result = run_policy(t, make_policy("stock-hinted"))
     assert outcome(result, "b").placed == 10
     assert outcome(result, "b").gpu_ids == tuple(range(8))
 

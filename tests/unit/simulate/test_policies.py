@@ -1,10 +1,20 @@
 from __future__ import annotations
 
-from unit.simulate.helpers import LLAMA_8B, arrive, nodes, pod, trace
+import math
 
-from scheduler.simulate.engine import PodOutcome, RunResult, run_policy
+import pytest
+from unit.simulate.helpers import LLAMA_8B, LLAMA_70B, arrive, nodes, pod, trace
+
+from scheduler.models.catalog import Catalog
+from scheduler.simulate.engine import PodOutcome, RunResult, SimCluster, run_policy
 from scheduler.simulate.metrics import compute
-from scheduler.simulate.policies import make_policy
+from scheduler.simulate.policies import (
+    POLICIES,
+    balanced_allocation,
+    least_allocated,
+    make_policy,
+    spread_scores,
+)
 from scheduler.simulate.trace import CachedCopy
 
 
@@ -12,28 +22,60 @@ def outcome(result: RunResult, name: str) -> PodOutcome:
     return next(p for p in result.pods if p.name == name)
 
 
-def test_spread_and_binpack_choose_differently() -> None:
-    first, second = pod("first", 4), pod("second", 1)
-    t = trace(nodes("h100-1", "h100-2"), [arrive(0, first), arrive(10, second)])
-    spread = run_policy(t, make_policy("spread"))
-    binpack = run_policy(t, make_policy("binpack"))
-    assert outcome(spread, "second").node != outcome(spread, "first").node
-    assert outcome(binpack, "second").node == outcome(binpack, "first").node
+def test_default_profile_scores_cpu_and_memory_as_upstream() -> None:
+    # 3 GPUs' requests: 24 cpu of 220 and 192Gi of 1980Gi.
+    cpu = (220_000 - 24_000) * 100 // 220_000  # 89
+    memory = (1980 - 192) * 100 // 1980  # 90
+    assert least_allocated(3) == (cpu + memory) // 2 == 89
+    fractions = (24 / 220, 192 / 1980)
+    assert balanced_allocation(3) == int((1 - abs(fractions[0] - fractions[1]) / 2) * 100)
+    assert least_allocated(0) == 100 and balanced_allocation(0) == 100
 
 
-def test_stock_and_kvsched_tp_pods_on_the_best_set_by_the_device_plugins_gpus() -> None:
-    # l40s: pairs under one PCIe switch; a 1-GPU pod takes a GPU, then a 2-GPU pod. This test
-    # used to assert that the stock policy got the lowest free GPUs {1, 2} (across two
-    # switches, not the best set); every policy now gets the device plugin's best-effort
-    # choice, a same-switch pair (tests/unit/simulate/test_device_plugin.py).
-    one, two = pod("one", 1), pod("two", 2)
-    t = trace(nodes("l40s-1"), [arrive(0, one), arrive(1, two)])
-    for name in ("spread", "kvsched", "topology"):
+def test_pod_topology_spread_system_defaults_score_as_upstream() -> None:
+    # Two zone-a nodes; one replica of "dep" on h100-2. Upstream: raw = count x log(domains+2)
+    # + (maxSkew - 1) per constraint, rounded; normalised 100 * (max + min - s) / max.
+    t = trace(nodes("h100-1", "h100-2"), [arrive(0, pod("a1", 1))])
+    sim = SimCluster(t, Catalog.builtin(), "probe")
+    sim._replicas["h100-2"]["dep"] = 1
+    zone = 1 * math.log(1 + 2) + 4
+    raw = [round(zone + 0 + 2), round(zone + 1 * math.log(2 + 2) + 2)]
+    assert raw == [7, 8]
+    expected = [100 * (8 + 7 - s) // 8 for s in raw]
+    assert spread_scores(sim, "dep", ["h100-1", "h100-2"], sim.node_names) == expected
+    assert spread_scores(sim, "other", ["h100-1", "h100-2"], sim.node_names) == [100, 100]
+
+
+def test_default_profile_spreads_replicas_of_one_workload_over_nodes() -> None:
+    # One node runs 2 GPUs of another workload, the other one replica of "dep". LeastAllocated
+    # alone prefers the latter (fewer GPUs used); PodTopologySpread's default hostname
+    # constraint (weight 2) outweighs it and sends the second replica to the former.
+    other = pod("other", 2, deployment="other")
+    first, second = pod("first", 1), pod("second", 1)
+    t = trace(
+        nodes("h100-1", "h100-2"),
+        [arrive(0, other), arrive(1, first), arrive(2, second)],
+    )
+    for name in ("stock-hinted", "stock-blind"):
         result = run_policy(t, make_policy(name))
-        gpus = outcome(result, "two").gpu_ids
-        assert len(gpus) == 2 and gpus[0] // 2 == gpus[1] // 2, (name, gpus)
-        assert outcome(result, "two").best_set is True
-        assert compute(result).best_set_share == 1.0
+        busy = outcome(result, "other").node
+        assert outcome(result, "first").node != busy, name
+        assert outcome(result, "second").node == busy, name
+
+
+def test_memory_blind_places_a_70b_on_a_48gb_gpu_and_counts_a_failed_start() -> None:
+    big = pod("big", 1, model=LLAMA_70B)
+    t = trace(nodes("l40s-1"), [arrive(0, big)], duration=3600)
+    blind = run_policy(t, make_policy("stock-blind"))
+    placed = outcome(blind, "big")
+    assert placed.node == "l40s-1" and placed.failed_start
+    assert placed.load_s is None and placed.ready_s is None  # loads, crashes, never ready
+    metrics = compute(blind)
+    assert metrics.failed_starts == 1 and metrics.loaded == 0
+    for name in ("stock-hinted", "kvsched", "pinning"):
+        result = run_policy(t, make_policy(name))
+        assert outcome(result, "big").placed is None, name
+        assert compute(result).failed_starts == 0
 
 
 def _cached_on_second() -> dict[str, tuple[CachedCopy, ...]]:
@@ -58,7 +100,7 @@ def test_kvsched_prefers_the_warm_node() -> None:
     placed = outcome(result, "p")
     assert placed.node == "h100-2"
     assert placed.tier == "local-disk"
-    assert outcome(run_policy(t, make_policy("spread")), "p").tier in {"local-disk", "network"}
+    assert placed.load_s == pytest.approx(16_060_522_496 / 5e9)
 
 
 def test_baseline_partial_gang_kvsched_none() -> None:
@@ -68,7 +110,9 @@ def test_baseline_partial_gang_kvsched_none() -> None:
     single = pod("single", 1)
     gang = [pod(f"g-{i}", 8, gang=("g", 2)) for i in range(2)]
     t = trace(nodes("h100-1", "h100-2"), [arrive(0, single), arrive(5, *gang)], duration=100)
-    for name in ("spread", "binpack", "topology"):
+    for name in POLICIES:
+        if name == "kvsched":
+            continue
         metrics = compute(run_policy(t, make_policy(name)))
         assert metrics.partial_gangs == 1, name
         assert metrics.partial_gang_gpu_s == 8 * 95

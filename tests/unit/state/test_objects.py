@@ -454,7 +454,6 @@ def test_bandwidth_from_inventory_quantities_and_defaults() -> None:
     assert state.bandwidth.local_disk == 10e9
     # Zero (or unparsable) means "unknown": the default stays.
     assert state.bandwidth.host_memory == default.host_memory
-    assert state.bandwidth.gpu == default.gpu
 
 
 def test_no_inventory_means_default_bandwidth_and_no_models() -> None:
