@@ -1,6 +1,9 @@
 """The extender HTTP service: thin handlers over ClusterStore and the placement core.
 
-Verbs (POST, JSON): /filter, /prioritize, /bind, /explain. Probes: GET /healthz, /readyz,
+Verbs (POST, JSON): /filter, /prioritize, /bind, /explain. kube-scheduler's three (filter,
+prioritize, bind) are answered by the `HotVerbs` middleware straight from the raw request
+(bytes in, orjson bytes out), past FastAPI's routing and per-request middleware; their routes
+stay declared for the OpenAPI document. Probes: GET /healthz, /readyz,
 /metrics, /explain/{namespace}/{name}. kube-scheduler counts only HTTP 200, so "no node fits"
 is a 200 with failed nodes; a request we cannot decode is a 400 with the reason; a body over
 the configured limit is a 413.
@@ -25,6 +28,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scheduler.core.demand import PodDemand, parse_demand
 from scheduler.core.node import NodeState
@@ -190,11 +194,43 @@ def _lifespan(
     return lifespan
 
 
+class HotVerbs:
+    """ASGI middleware that answers kube-scheduler's verbs (POST /filter, /prioritize, /bind)
+    without the rest of the stack: no routing over every route, no FastAPI endpoint wrapper and
+    dependency solving, no exception and exit-stack middleware per request. The VerbRunner
+    does what those would (body limits, 400/408/413/500 answers), so the answer is the same as
+    through the FastAPI route, which stays declared for the OpenAPI document and is what any
+    other method or path reaches."""
+
+    def __init__(self, app: ASGIApp, run: VerbRunner, works: dict[str, tuple[str, Work]]) -> None:
+        self.app = app
+        self.run = run
+        self.works = works
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = self.works.get(scope["path"]) if scope["type"] == "http" else None
+        if hot is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        verb, work = hot
+        response = await self.run(verb, Request(scope, receive), work)
+        await response(scope, receive, send)
+
+
 def _add_verbs(app: FastAPI, run: VerbRunner, verbs: Verbs) -> None:
     filter_work = Work(verbs.filter, verbs.parse, verbs.lookup_only)
     prioritize_work = Work(verbs.prioritize, verbs.parse, verbs.lookup_only)
     bind_work = Work(verbs.bind, blocking=True)
     explain_work = Work(verbs.explain)
+    app.add_middleware(
+        HotVerbs,
+        run=run,
+        works={
+            "/filter": ("filter", filter_work),
+            "/prioritize": ("prioritize", prioritize_work),
+            "/bind": ("bind", bind_work),
+        },
+    )
 
     @app.post(
         "/filter", openapi_extra=openapi.verb_openapi(openapi.EXTENDER_ARGS, openapi.FILTER_RESULT)

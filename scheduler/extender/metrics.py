@@ -63,7 +63,8 @@ class ExtenderMetrics:
             "kvsched_events",
             "Kubernetes Events on pods, by reason (KvschedPlaced, KvschedUnschedulable, "
             "KvschedBadPodSpec) and outcome (written, failed, dropped: queue full or stopping, "
-            "deduplicated: the same event was already written within the dedupe window).",
+            "deduplicated: the same event was already written within the dedupe window, "
+            "rate_limited: placement events over their token bucket).",
             ["reason", "outcome"],
             registry=self.registry,
         )

@@ -13,6 +13,10 @@
    the server applied it: the server's view wins, and rolling back would free GPUs a running
    pod holds).
 
+Without a bindVerb (the shipped configuration: kube-scheduler binds with its own Go client
+in its binding cycle), there is no bind call: `learn` is step 1 done when the pod watch shows
+the binding (see its docstring). The bind verb stays served for a configuration that names it.
+
 Idempotent: a retry for a pod already bound to that node answers the same GPUs. A retry that
 arrives while an earlier bind of the same pod still waits on the API server (kube-scheduler
 gave up after its httpTimeout) waits for that call's outcome, up to `retry_wait_s`, then
@@ -34,6 +38,7 @@ from scheduler.core.node import NodeState
 from scheduler.core.placement import ScoringConfig, evaluate
 from scheduler.models.catalog import Catalog
 from scheduler.state.contracts import Binder, BindError, BindResult
+from scheduler.state.effects import Effect
 from scheduler.state.gang_coordinator import GangCoordinator
 from scheduler.state.gangs import Reserved
 from scheduler.state.nodecache import NodeCache
@@ -142,6 +147,51 @@ class BindCoordinator:
                 del self._in_flight[uid]
             mine.done.set()
         return BindResult(record.prediction, placement, already_bound=False)
+
+    def learn(self, record: PodRecord) -> tuple[PodRecord, list[Effect]]:
+        """A pod the watch shows bound to a node with no usable prediction of ours (lock held,
+        before the cache records it): kube-scheduler bound it itself (no bindVerb), or another
+        scheduler did. Its GPUs are predicted now, over the node's GPUs as kvsched sees them
+        before this pod, as the bind would have: a gang member's from its plan's reservation,
+        any other pod's with the device plugin's policy over the free GPUs. Pods are learned
+        in watch order, which on one node is bind order, so no two predictions overlap.
+
+        kube-scheduler does not see kvsched's gang reservations: a pod it bound where only
+        reserved GPUs were left took some of a plan's room. Those plans are released (their
+        members are planned again at their next filter, where they would otherwise find the
+        node full until the plan expired); the clears are returned as effects.
+
+        Without a topology for the node, or fewer free GPUs than the pod asks for even then,
+        the record is kept as it is (its GPUs count as held, unindexed)."""
+        node = record.node
+        entry = self.cache.entries.get(node) if node is not None else None
+        if node is None or entry is None or entry.state.topology is None:
+            return record, []
+        effects: list[Effect] = []
+        reserved = self.gangs.reservation(record.uid)
+        if reserved is not None and reserved.reservation.node == node:
+            indices: tuple[int, ...] | None = self._current_prediction(reserved, entry.state)
+        else:
+            free = entry.state.usable_free_gpus
+            if len(free) < record.gpus and self.gangs.book.gangs_on(node):
+                for gang in sorted(self.gangs.book.gangs_on(node)):
+                    log.info(
+                        "gang %s: %s was bound onto GPUs the plan held on %s; planning again",
+                        gang,
+                        record.ref,
+                        node,
+                    )
+                    effects += self.gangs.release(gang)
+                entry = self.cache.entries.get(node) or entry
+                free = entry.state.usable_free_gpus
+            topology = entry.state.topology
+            assert topology is not None
+            predicted = predict_allocation(topology.layout, free, record.gpus)
+            indices = predicted.gpus if predicted is not None else None
+        if indices is None:
+            return record, effects
+        prediction = gpu_prediction(node, entry.state, indices)
+        return dataclasses.replace(record, prediction=prediction), effects
 
     def _claim(self, namespace: str, name: str, uid: str, node_name: str) -> tuple[PodRecord, str]:
         demand = self.pending.demand(uid)

@@ -13,6 +13,14 @@ kube-scheduler retries an unschedulable pod every few seconds, each time calling
 same event of the same pod is written at most once per dedupe window (the spirit of client-go's
 event correlator). A rejection event's identity is the pod, its reason and the rejection
 counts per kind; when the counts change (a node filled up), that is news and is written.
+
+Placement events (written only where kvsched binds: a configuration with a bindVerb) are one
+API write per pod, as many as the pods scheduled: a token bucket (`placed_per_s`, `placed_burst`)
+caps them, so a backlog of thousands costs the API server a sample of them, not one each, while
+pods arriving at a human pace all get theirs. The placement is also on the pod itself (the
+`kvsched.io/placement` annotation the bind writes) and in `explain`. The Warning events (why a
+pod is pending, a pod kvsched cannot read) are what an operator acts on: deduplicated, never
+rate-limited.
 """
 
 from __future__ import annotations
@@ -55,12 +63,40 @@ QUOTED_REASONS = 3
 DEFAULT_QUEUE_SIZE = 1024
 DEFAULT_DEDUPE_TTL_S = 600.0
 DEFAULT_DEDUPE_KEYS = 16384
-# Logging every failure of an unreachable API server would flood the log; the metric counts.
+# Placement events: at most this many per second on average, this many at once.
+DEFAULT_PLACED_PER_S = 5.0
+DEFAULT_PLACED_BURST = 20
+
+
+class TokenBucket:
+    """`burst` tokens, refilled at `rate_per_s`; `take` spends one if there is one. Not
+    thread-safe: the recorder calls it under its lock."""
+
+    def __init__(self, rate_per_s: float, burst: int, timer: Callable[[], float]) -> None:
+        if not rate_per_s > 0 or burst < 1:
+            raise ValueError(
+                f"token bucket needs a positive rate and burst, got {rate_per_s}, {burst}"
+            )
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._timer = timer
+        self._tokens = float(burst)
+        self._at = timer()
+
+    def take(self) -> bool:
+        now = self._timer()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate_per_s)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class EventObserver(Protocol):
     def event_recorded(self, reason: str, outcome: str) -> None:
-        """outcome: written, failed, dropped (queue full or stopped), deduplicated."""
+        """outcome: written, failed, dropped (queue full or stopped), deduplicated,
+        rate_limited (placement events over the token bucket)."""
         ...
 
 
@@ -204,8 +240,9 @@ class EventRecorder:
     """Events on pods, deduplicated, written by one background thread.
 
     queue_size: events waiting to be written; more are dropped. dedupe_ttl_s: how long an
-    event written (or queued) for a pod suppresses the same one. timer: the dedupe cache's
-    clock (monotonic seconds); clock: the events' time.
+    event written (or queued) for a pod suppresses the same one. placed_per_s, placed_burst:
+    the placement events' token bucket (module docstring). timer: the dedupe cache's and the
+    bucket's clock (monotonic seconds); clock: the events' time.
     """
 
     def __init__(
@@ -217,6 +254,8 @@ class EventRecorder:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         dedupe_ttl_s: float = DEFAULT_DEDUPE_TTL_S,
         dedupe_keys: int = DEFAULT_DEDUPE_KEYS,
+        placed_per_s: float = DEFAULT_PLACED_PER_S,
+        placed_burst: int = DEFAULT_PLACED_BURST,
         timer: Callable[[], float] = time.monotonic,
         clock: Callable[[], dt.datetime] = _utc_now,
     ) -> None:
@@ -226,6 +265,7 @@ class EventRecorder:
         self.clock = clock
         self._worker: QueueWorker[_Pending] = QueueWorker("events", self.write, queue_size)
         self._recent: TTLCache[Hashable, bool] = TTLCache(dedupe_keys, dedupe_ttl_s, timer=timer)
+        self._placed_tokens = TokenBucket(placed_per_s, placed_burst, timer)
         # Verbs offer from the event loop and from bind threads at once.
         self._lock = threading.Lock()
         self._failure_level = FailureLogLevel()
@@ -250,6 +290,14 @@ class EventRecorder:
         node = result.prediction.node
         key = (namespace, name, uid, PLACED, (node, result.prediction.indices))
         if not self._admit(key, PLACED):
+            return
+        with self._lock:
+            allowed = self._placed_tokens.take()
+        if not allowed:
+            with self._lock:
+                # Not written: a retry of the same bind may be.
+                self._recent.pop(key, None)
+            self.observer.event_recorded(PLACED, "rate_limited")
             return
         note = functools.partial(placement_note, node, result)
         self._enqueue(

@@ -191,5 +191,13 @@ class GangBook:
             if r.reservation.node == node
         ]
 
+    def gangs_on(self, node: str) -> set[str]:
+        """The plans that hold GPUs on `node`."""
+        return {
+            gang
+            for gang, members in self._plans.items()
+            if any(r.reservation.node == node for r in members.values())
+        }
+
     def gangs(self) -> list[str]:
         return list(self._plans)

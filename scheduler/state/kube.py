@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as TransportHTTPError
 
@@ -154,6 +154,32 @@ def micro_time(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def watch_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The non-blank lines (one JSON event each) of a watch stream read in chunks, as bytes
+    for orjson. The client library's iter_resp_lines decodes every line to str and copies the
+    rest of its buffer once per line, for every pod event of the cluster; here a chunk is
+    split once, and the pieces of a line that spans chunks are joined once."""
+    pending: list[bytes] = []
+    for chunk in chunks:
+        if b"\n" not in chunk:
+            pending.append(chunk)
+            continue
+        lines = chunk.split(b"\n")
+        if pending:
+            pending.append(lines[0])
+            lines[0] = b"".join(pending)
+            pending = []
+        tail = lines.pop()
+        if tail:
+            pending.append(tail)
+        for line in lines:
+            if line.strip():
+                yield line
+    rest = b"".join(pending)
+    if rest.strip():
+        yield rest
+
+
 def _body(response: Any) -> bytes:
     """The whole body of a raw (`_preload_content=False`) response, its connection handed back
     to the pool. A response left unread keeps its connection out of the pool for good, and the
@@ -250,11 +276,10 @@ class KubeApi:
         try:
             response = self._list_call(kind, **kwargs)
             try:
-                for line in watch.watch.iter_resp_lines(response):
-                    if line.strip():
-                        event = orjson.loads(line)
-                        if isinstance(event, dict):
-                            yield event
+                for line in watch_lines(response.stream(amt=None, decode_content=False)):
+                    event = orjson.loads(line)
+                    if isinstance(event, dict):
+                        yield event
             finally:
                 response.release_conn()
         except ApiException as exc:

@@ -11,6 +11,10 @@ The counterpart of kube-scheduler's scheduler cache (pkg/scheduler/backend/cache
   watch later confirms it (`put_pod` with the bound pod drops the assumption), or the failed
   call undoes it (`forget`). Until confirmed, a watch event that still shows the pod unbound
   does not free the GPUs.
+* **Learned bindings**: a pod the watch shows becoming bound with no prediction on it
+  (kube-scheduler bound it: the shipped configuration has no bindVerb) gets one from `learn`
+  (the bind coordinator's) as it arrives, and keeps it through its later events and relists,
+  which do not carry it (it lives only here).
 * **NodeState building**: `rebuild(name)` derives the node's state from its facts, its pods
   and the GPUs gang plans hold there (`reserved_on`), interns its shape in the evaluation
   memo and invalidates the memo's by-name shortcuts for it.
@@ -26,6 +30,7 @@ holding it performs API I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -36,6 +41,7 @@ from cachetools import LRUCache
 from scheduler.core.node import NodeState
 from scheduler.models.catalog import Catalog
 from scheduler.state.contracts import StoreObserver
+from scheduler.state.effects import Effect
 from scheduler.state.memo import Entry, EvaluationMemo
 from scheduler.state.objects import (
     TERMINAL_PHASES,
@@ -59,6 +65,20 @@ def _no_reservations(node: str) -> list[PodRecord]:
     return []
 
 
+def _as_is(record: PodRecord) -> tuple[PodRecord, list[Effect]]:
+    return record, []
+
+
+def _predicted_here(record: PodRecord) -> bool:
+    """Whether the record carries a prediction for the node it is bound to."""
+    prediction = record.prediction
+    return (
+        prediction is not None
+        and prediction.node == record.node
+        and len(prediction.indices) == record.gpus
+    )
+
+
 class NodeCache:
     def __init__(
         self,
@@ -77,6 +97,8 @@ class NodeCache:
         # with every pod record put in the cache (the gang book keeps in step).
         self.reserved_on: Callable[[str], list[PodRecord]] = _no_reservations
         self.on_put: Callable[[PodRecord], None] = lambda record: None
+        # Wired by the store: the prediction for a pod seen bound without one (see upsert_pod).
+        self.learn: Callable[[PodRecord], tuple[PodRecord, list[Effect]]] = _as_is
         self.entries: dict[str, Entry] = {}
         self._node_objects: dict[str, Mapping[str, Any]] = {}
         self._inventories: dict[str, Mapping[str, Any]] = {}
@@ -142,9 +164,10 @@ class NodeCache:
                 self._inventories = named
             else:
                 self.quarantine.retain("Pod", {record.uid for record, _ in pods})
+                known = self.pods
                 self.pods, self._pod_objects, self._pods_by_node = {}, {}, {}
                 for record, pod in pods:
-                    self.put_pod(record, pod)
+                    self.put_pod(self._carried(record, known.get(record.uid)), pod)
                 for uid, assumed in list(self._assumed.items()):
                     if uid not in self.pods:
                         # Listed before our bind landed, or deleted: the next watch event
@@ -195,17 +218,46 @@ class NodeCache:
             self.quarantine.clear("Pod", record.uid)
         return record, obj
 
-    def upsert_pod(self, pod: Mapping[str, Any]) -> None:
+    def upsert_pod(self, pod: Mapping[str, Any]) -> list[Effect]:
+        """A pod added or changed. A pod bound without a prediction on it is given one: kept
+        from what this cache learned before, else, when this event is its binding, learned
+        now (`learn`, before the pod is recorded, so that it is predicted over the GPUs the
+        others hold). Returns the API
+        writes that calls for (a gang plan released), for the caller to submit after the
+        lock."""
         converted = self.convert_pod(pod)
         if converted is None:
-            return  # what the cache knew of it (if anything) stands
+            return []  # what the cache knew of it (if anything) stands
         record = converted[0]
+        effects: list[Effect] = []
         with self.lock:
             old = self.pods.get(record.uid)
+            record = self._carried(record, old)
+            # Only a binding seen happen (the pod known unbound before): a pod that arrives
+            # bound (listed, created with a nodeName) was not placed in kvsched's view, and
+            # its GPUs count as held, unindexed, as before.
+            binding = old is not None and old.node is None and record.holds_gpus
+            if binding and not _predicted_here(record) and record.uid not in self._assumed:
+                record, effects = self.learn(record)
             self.put_pod(record, pod)
             for node in {record.node, old.node if old else None} - {None}:
                 assert node is not None
                 self.rebuild(node)
+        return effects
+
+    @staticmethod
+    def _carried(record: PodRecord, old: PodRecord | None) -> PodRecord:
+        """`record`, with the prediction this cache learned for it earlier when it carries
+        none of its own (its events after the binding, a relist: they do not carry it)."""
+        if (
+            old is None
+            or record.node is None
+            or old.node != record.node
+            or not _predicted_here(old)
+            or _predicted_here(record)
+        ):
+            return record
+        return dataclasses.replace(record, prediction=old.prediction)
 
     def put_pod(self, record: PodRecord, obj: Mapping[str, Any] | None = None) -> None:
         """Record a pod (lock held; the caller rebuilds the nodes concerned). A bound pod

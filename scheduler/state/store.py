@@ -140,6 +140,7 @@ class ClusterStore:
             bind_retry_wait_s,
             pod_groups=self.pod_groups,
         )
+        self.cache.learn = self.binds.learn
         self.synced = False
         # Kinds whose view is not in sync now, and why (never listed, a relist failed); the
         # informers keep it (`sync_problem`), /readyz reports it.
@@ -236,7 +237,7 @@ class ClusterStore:
         self.cache.remove_node("NodeInventory", name)
 
     def upsert_pod(self, pod: Mapping[str, Any]) -> None:
-        self.cache.upsert_pod(pod)
+        self._submit(self.cache.upsert_pod(pod))
 
     def delete_pod(self, uid: str) -> None:
         with self._lock:

@@ -253,3 +253,37 @@ def test_metrics_are_per_app(store: ClusterStore, make_client: MakeClient) -> No
 def test_unknown_route_and_wrong_method(client: TestClient) -> None:
     assert client.get("/filter").status_code == 405
     assert client.post("/preempt", json={}).status_code == 404
+
+
+def test_the_hot_verbs_skip_the_router_and_answer_as_it_would(store: ClusterStore) -> None:
+    """POST /filter, /prioritize, /bind are answered by the HotVerbs middleware: the router is
+    never entered for them, and the answers (errors included) are the routes' answers; any
+    other method or path goes on to the router."""
+    from scheduler.extender.app import HotVerbs, create_app
+
+    app = create_app(store)
+    assert any(m.cls is HotVerbs for m in app.user_middleware)
+    routed: list[tuple[str, str]] = []
+    router = app.router
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(router, name)
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                routed.append((scope["method"], scope["path"]))
+            await router(scope, receive, send)
+
+    app.router = Spy()  # type: ignore[assignment]
+    with TestClient(app) as client:
+        body = {"Pod": pod("p"), "NodeNames": ["gpu-a"]}
+        assert client.post("/filter", json=body).json()["NodeNames"] == ["gpu-a"]
+        assert [s["Host"] for s in client.post("/prioritize", json=body).json()] == ["gpu-a"]
+        broken = client.post("/filter", content=b"{")
+        assert broken.status_code == 400 and "malformed JSON" in broken.json()["Error"]
+        assert client.post("/bind", json={"PodName": ""}).status_code == 400
+        assert routed == []
+        assert client.get("/filter").status_code == 405
+        assert client.get("/healthz").status_code == 200
+    assert routed == [("GET", "/filter"), ("GET", "/healthz")]

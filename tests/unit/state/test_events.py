@@ -276,3 +276,34 @@ def test_names_and_notes_stay_within_the_api_limits() -> None:
 )
 def test_micro_time_always_has_six_digits(moment: dt.datetime, text: str) -> None:
     assert micro_time(moment) == text
+
+
+def test_placement_events_are_rate_limited_and_warnings_are_not() -> None:
+    api, outcomes, timer = FakeEventApi(), Outcomes(), Timer()
+    events = recorder(api, outcomes, placed_per_s=2.0, placed_burst=3, timer=timer)
+    for index in range(5):
+        events.placed("llm", f"p{index}", f"uid-{index}", bound())
+    assert outcomes.counts[(PLACED, "rate_limited")] == 2
+    # A rejected warning is never held back by the placement bucket.
+    events.rejected(demand(), rejected_everywhere())
+    timer.now += 1.0  # two more tokens
+    for index in range(5, 8):
+        events.placed("llm", f"p{index}", f"uid-{index}", bound())
+    assert outcomes.counts[(PLACED, "rate_limited")] == 3
+    # A placement that was rate-limited is not remembered as written: its retry may be.
+    timer.now += 10.0
+    events.placed("llm", "p3", "uid-3", bound())
+    events.start()
+    events.stop(timeout_s=5)
+    written = [e["regarding"]["name"] for _, e in api.events if e["reason"] == PLACED]
+    assert written == ["p0", "p1", "p2", "p5", "p6", "p3"]
+    assert [e["reason"] for _, e in api.events].count(UNSCHEDULABLE) == 1
+
+
+def test_a_token_bucket_needs_a_rate_and_a_burst() -> None:
+    from scheduler.state.events import TokenBucket
+
+    with pytest.raises(ValueError, match="positive rate and burst"):
+        TokenBucket(0.0, 5, time.monotonic)
+    with pytest.raises(ValueError, match="positive rate and burst"):
+        TokenBucket(1.0, 0, time.monotonic)
