@@ -6,6 +6,7 @@ import argparse
 import gc
 import os
 import ssl
+import threading
 from typing import Any
 
 import uvicorn
@@ -18,6 +19,7 @@ from scheduler.extender.app import (
     DEFAULT_VERB_THREADS,
     AppSettings,
     create_app,
+    create_probe_app,
 )
 from scheduler.extender.metrics import ExtenderMetrics
 from scheduler.extender.server import (
@@ -70,6 +72,16 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8888, help="listen port (default 8888)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve /healthz, /readyz and /metrics (only those, plain HTTP) on this port, "
+        "for kubelet probes and Prometheus while the verbs listen on loopback (default: off)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="0.0.0.0", help="listen address of --metrics-port (0.0.0.0)"
+    )
     parser.add_argument(
         "--verb-threads",
         type=int,
@@ -185,6 +197,16 @@ def scoring_from_args(weights: list[str], engine_init: float | None) -> ScoringC
     return ScoringConfig(**values)
 
 
+def check_metrics_port(args: argparse.Namespace) -> None:
+    """ValueError for a --metrics-port out of range or the verbs' own port."""
+    if args.metrics_port is None:
+        return
+    if not 1 <= args.metrics_port <= 65535:
+        raise ValueError(f"--metrics-port must be 1..65535, got {args.metrics_port}")
+    if args.metrics_port == args.port:
+        raise ValueError(f"--metrics-port {args.metrics_port} is the verbs' --port")
+
+
 def tls_options(args: argparse.Namespace) -> dict[str, Any]:
     """uvicorn's TLS settings; ValueError for an incomplete or unreadable set."""
     if args.tls_cert_file is None and args.tls_key_file is None:
@@ -210,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         tls_options(args)
+        check_metrics_port(args)
         scoring = scoring_from_args(args.score_weight, args.engine_init_seconds)
         catalog = load_catalog(args.catalog)
     except (ValueError, OSError) as exc:
@@ -266,6 +289,22 @@ def run(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         keep_alive_s=args.keep_alive_seconds,
     )
+    if args.metrics_port is not None:
+        probes = uvicorn.Server(
+            uvicorn.Config(
+                create_probe_app(store, metrics),
+                host=args.metrics_host,
+                port=args.metrics_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                **server.uvicorn_options(),
+            )
+        )
+        # Its own thread and loop: a slow verb never delays a probe, and uvicorn captures
+        # signals only on the main thread, so SIGTERM still stops the main server (and the
+        # process, this thread being a daemon).
+        threading.Thread(target=probes.run, name="probe-server", daemon=True).start()
     uvicorn.run(
         app,
         host=args.host,

@@ -299,6 +299,15 @@ def _add_probes(app: FastAPI, store: ClusterStore, metrics: ExtenderMetrics) -> 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def create_probe_app(store: ClusterStore, metrics: ExtenderMetrics) -> FastAPI:
+    """/healthz, /readyz and /metrics alone, for a listener the kubelet and Prometheus reach
+    (the pod IP) while the verbs stay on loopback: a kubelet probe with ``host: 127.0.0.1``
+    would dial the node's loopback, not the pod's."""
+    app = FastAPI(title="kvsched extender probes", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_probes(app, store, metrics)
+    return app
+
+
 def create_app(
     store: ClusterStore,
     settings: AppSettings | None = None,

@@ -82,3 +82,72 @@ def test_extender_process_serves_filter_and_stops_cleanly() -> None:
     assert "Application shutdown complete" in log
     assert "Traceback" not in log
     assert "bound llm/vllm-70b-1 to gpu-1" in log
+
+
+def test_metrics_port_serves_probes_and_metrics_but_no_verbs() -> None:
+    """The shipped Deployment keeps the verbs on loopback and points the kubelet's probes and
+    Prometheus at --metrics-port (a probe with host 127.0.0.1 would dial the node, not the
+    pod). That listener answers the probes and /metrics, never a verb, and SIGTERM still
+    stops the whole process."""
+    port, metrics_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scheduler.cli",
+            "extender",
+            "--cluster-file",
+            str(SNAPSHOT),
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+            "--metrics-host",
+            "127.0.0.1",
+            "--log-format",
+            "text",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    probes = f"http://127.0.0.1:{metrics_port}"
+    try:
+        wait_ready(probes, proc)
+        assert httpx.get(f"{probes}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{probes}/readyz").json() == {"status": "ok", "nodes": 3}
+        text = httpx.get(f"{probes}/metrics").text
+        assert "kvsched_nodes 3.0" in text and "kvsched_cluster_synced 1.0" in text
+        body = {"Pod": pod("p", gpus=1), "Nodes": None, "NodeNames": ["gpu-1"]}
+        assert httpx.post(f"{probes}/filter", json=body).status_code == 404
+        assert httpx.get(f"{probes}/openapi.json").status_code == 404
+        verbs = httpx.post(f"http://127.0.0.1:{port}/filter", json=body, timeout=10.0)
+        assert verbs.status_code == 200 and verbs.json()["NodeNames"] == ["gpu-1"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    assert proc.returncode in (0, -signal.SIGTERM), stderr.decode(errors="replace")
+
+
+def test_metrics_port_must_differ_from_the_verbs_port() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scheduler.cli",
+            "extender",
+            "--cluster-file",
+            str(SNAPSHOT),
+            *("--port", "8888", "--metrics-port", "8888", "--log-format", "text"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert b"--metrics-port 8888 is the verbs' --port" in done.stderr

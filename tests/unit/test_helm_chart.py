@@ -270,7 +270,13 @@ def test_default_values_render_the_manifests(helm: Path, kubectl: Path) -> None:
     # The fields that matter most, spelled out (assert_same compared whole objects).
     extender = container(chart, "Deployment", "kvsched-scheduler", "kvsched-extender")
     assert extender["image"] == "localhost/kvsched:0.1.0"
-    assert extender["args"] == ["extender", "--host=127.0.0.1", "--port=8888"]
+    assert extender["args"] == [
+        "extender",
+        "--host=127.0.0.1",
+        "--port=8888",
+        "--metrics-port=9090",
+    ]
+    assert extender["readinessProbe"] == {"httpGet": {"path": "/readyz", "port": "metrics"}}
     assert extender_config(chart)["urlPrefix"] == "http://127.0.0.1:8888"
     agent = chart[("DaemonSet", NAMESPACE, "kvsched-agent")]["spec"]["template"]["spec"]
     assert {
@@ -427,3 +433,35 @@ def test_helm_enforces_the_schema(helm: Path, value: str) -> None:
     proc = run(helm, "template", RELEASE, CHART, "--namespace", NAMESPACE, "--set", value)
     assert proc.returncode != 0, f"{value} was accepted"
     assert "schema" in proc.stderr.lower(), proc.stderr
+
+
+def test_no_probe_dials_the_nodes_loopback(helm: Path, kubectl: Path) -> None:
+    """The kubelet runs probes from the node: ``host: 127.0.0.1`` there is the node's loopback,
+    so outside hostNetwork such a probe fails forever and the container is restarted forever.
+    Checked over everything the chart and the kustomize trees render."""
+    renders = [
+        kustomize(kubectl, "manifests/"),
+        kustomize(kubectl, "manifests/overlays/tls"),
+        kustomize(kubectl, "manifests/overlays/warming"),
+        template(helm),
+        template(helm, "tls.enabled=true"),
+        template(helm, "warming.enabled=true"),
+    ]
+    checked = 0
+    for objects in renders:
+        for obj in objects.values():
+            pod = obj.get("spec", {}).get("template", {}).get("spec")
+            if not isinstance(pod, dict) or pod.get("hostNetwork"):
+                continue
+            for item in pod.get("containers", []):
+                for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                    handler = item.get(probe) or {}
+                    for kind in ("httpGet", "tcpSocket"):
+                        if kind in handler:
+                            checked += 1
+                            assert handler[kind].get("host") in (None, ""), (
+                                obj["metadata"]["name"],
+                                item["name"],
+                                probe,
+                            )
+    assert checked >= 18  # scheduler, extender and controller probes in every render
