@@ -17,26 +17,45 @@ ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = ROOT / "tests" / "fixtures" / "cluster" / "snapshot"
 
 
+def command(port: int, *flags: str) -> list[str]:
+    """`kvsched extender` on the snapshot cluster, text logs at info, then `flags`."""
+    return [
+        sys.executable,
+        "-m",
+        "scheduler.cli",
+        "extender",
+        "--cluster-file",
+        str(SNAPSHOT),
+        "--port",
+        str(port),
+        "--log-format",
+        "text",
+        *flags,
+    ]
+
+
+def start(port: int, *flags: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command(port, *flags), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> str:
+    """SIGTERM, then the process's stderr (killed and raised if it does not stop in 15 s)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return stderr.decode(errors="replace")
+
+
 def test_extender_process_serves_filter_and_stops_cleanly() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scheduler.cli",
-            "extender",
-            "--cluster-file",
-            str(SNAPSHOT),
-            "--port",
-            str(port),
-            "--log-format",
-            "text",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start(port)
     try:
         wait_ready(base, proc)
         assert httpx.get(f"{base}/readyz").json() == {"status": "ok", "nodes": 3}
@@ -69,14 +88,7 @@ def test_extender_process_serves_filter_and_stops_cleanly() -> None:
         }
         assert httpx.post(f"{base}/bind", json=bind, timeout=10.0).json() == {"Error": ""}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
-    log = stderr.decode(errors="replace")
+        log = stop(proc)
     # uvicorn shuts down gracefully, then re-raises the signal it caught (exit by SIGTERM).
     assert proc.returncode in (0, -signal.SIGTERM), log
     assert "Application shutdown complete" in log
@@ -90,27 +102,7 @@ def test_metrics_port_serves_probes_and_metrics_but_no_verbs() -> None:
     pod). That listener answers the probes and /metrics, never a verb, and SIGTERM still
     stops the whole process."""
     port, metrics_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scheduler.cli",
-            "extender",
-            "--cluster-file",
-            str(SNAPSHOT),
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(metrics_port),
-            "--metrics-host",
-            "127.0.0.1",
-            "--log-format",
-            "text",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start(port, "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1")
     probes = f"http://127.0.0.1:{metrics_port}"
     try:
         wait_ready(probes, proc)
@@ -124,27 +116,13 @@ def test_metrics_port_serves_probes_and_metrics_but_no_verbs() -> None:
         verbs = httpx.post(f"http://127.0.0.1:{port}/filter", json=body, timeout=10.0)
         assert verbs.status_code == 200 and verbs.json()["NodeNames"] == ["gpu-1"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
-    assert proc.returncode in (0, -signal.SIGTERM), stderr.decode(errors="replace")
+        log = stop(proc)
+    assert proc.returncode in (0, -signal.SIGTERM), log
 
 
 def test_metrics_port_must_differ_from_the_verbs_port() -> None:
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scheduler.cli",
-            "extender",
-            "--cluster-file",
-            str(SNAPSHOT),
-            *("--port", "8888", "--metrics-port", "8888", "--log-format", "text"),
-        ],
+        command(8888, "--metrics-port", "8888"),
         cwd=ROOT,
         capture_output=True,
         timeout=60,
