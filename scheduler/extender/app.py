@@ -333,6 +333,9 @@ def create_app(
     store.observer = metrics
     # Quarantined pods that carry kvsched annotations get a Warning event.
     store.quarantine.listeners[:] = [recorder.bad_object]
+    # Placements learned from the watch (kube-scheduler bound the pod) get the placement event
+    # the bind verb gives the pods it binds.
+    store.placement_listeners[:] = [recorder.placed]
     _add_verbs(app, VerbRunner(settings, metrics, store), Verbs(store, metrics, recorder))
     _add_probes(app, store, metrics)
     return app

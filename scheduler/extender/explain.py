@@ -37,6 +37,9 @@ def explain_rows(
         state = store.node(row["node"])
         if state is not None:
             row["heldGpus"] = held_gpus(state)
+            # Busy GPUs nobody can name (a pod bound before kvsched saw it placed and not yet
+            # reported by the node's agent): counted busy, not listed.
+            row["unindexedBusyGpus"] = state.unindexed_busy
     terms = store.kv_peer_terms(demand, names)
     if terms is not None:
         blended = blend_locality([r["score"] for r in rows], terms, store.scoring.kv_peer_weight)

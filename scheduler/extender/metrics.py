@@ -53,9 +53,10 @@ class ExtenderMetrics:
         self.effects = Counter(
             "kvsched_effects",
             "API writes decided under the store's lock and carried out after it, off the "
-            "verbs: gang reservation annotations (reservation, reservation-clear), by outcome "
-            "(written, failed, dropped: queue full or stopping). A reservation not written is "
-            "only not durable across a restart.",
+            "verbs: gang reservation annotations (reservation, reservation-clear) and the GPU "
+            "prediction written on a pod kube-scheduler bound (placement), by outcome "
+            "(written, failed, dropped: queue full or stopping). A write lost is only not "
+            "durable across a restart.",
             ["effect", "outcome"],
             registry=self.registry,
         )

@@ -15,7 +15,9 @@
 
 Without a bindVerb (the shipped configuration: kube-scheduler binds with its own Go client
 in its binding cycle), there is no bind call: `learn` is step 1 done when the pod watch shows
-the binding (see its docstring). The bind verb stays served for a configuration that names it.
+the binding, and step 2 (the prediction written on the pod) an effect after it (see its
+docstring). The bind verb stays served for the configuration that names it
+(manifests/scheduler/scheduler-config-bind.yaml).
 
 Idempotent: a retry for a pod already bound to that node answers the same GPUs. A retry that
 arrives while an earlier bind of the same pod still waits on the API server (kube-scheduler
@@ -38,7 +40,7 @@ from scheduler.core.node import NodeState
 from scheduler.core.placement import ScoringConfig, evaluate
 from scheduler.models.catalog import Catalog
 from scheduler.state.contracts import Binder, BindError, BindResult
-from scheduler.state.effects import Effect
+from scheduler.state.effects import Effect, RecordPlacement
 from scheduler.state.gang_coordinator import GangCoordinator
 from scheduler.state.gangs import Reserved
 from scheduler.state.nodecache import NodeCache
@@ -63,6 +65,14 @@ def gpu_prediction(node: str, state: NodeState, indices: tuple[int, ...]) -> Gpu
     topology = state.topology
     uuid_by_index = [g.uuid for g in topology.gpus] if topology is not None else []
     return GpuPrediction(node, indices, uuids_for(indices, uuid_by_index))
+
+
+def _gpus_placement(indices: tuple[int, ...]) -> str:
+    return f"predicted-gpus={','.join(map(str, indices))}"
+
+
+def _gang_placement(indices: tuple[int, ...], gang: str) -> str:
+    return f"{_gpus_placement(indices)} gang={gang}"
 
 
 class BindCoordinator:
@@ -150,11 +160,23 @@ class BindCoordinator:
 
     def learn(self, record: PodRecord) -> tuple[PodRecord, list[Effect]]:
         """A pod the watch shows bound to a node with no usable prediction of ours (lock held,
-        before the cache records it): kube-scheduler bound it itself (no bindVerb), or another
-        scheduler did. Its GPUs are predicted now, over the node's GPUs as kvsched sees them
-        before this pod, as the bind would have: a gang member's from its plan's reservation,
-        any other pod's with the device plugin's policy over the free GPUs. Pods are learned
-        in watch order, which on one node is bind order, so no two predictions overlap.
+        before the cache records it): kube-scheduler bound it itself (the shipped profile has
+        no bindVerb), or another scheduler did. Its GPUs are predicted now, over the node's GPUs
+        as kvsched sees them before this pod, as the bind would have: a gang member's from its
+        plan's reservation, a pod this extender filtered by the same evaluation the bind makes,
+        any other pod's with the device plugin's policy over the free GPUs. Pods are learned in
+        watch order, which on one node is bind order, so no two predictions overlap.
+
+        A pod this extender placed (it filtered it, or planned its gang) gets a
+        `RecordPlacement`: its placement event, and, on a node whose kubelet allocation no
+        agent reports, its prediction and placement written on it,
+        as the bind would have written them, by the effect writer after the lock, off every
+        verb. That record is what a restarted extender
+        and the controller's allocation mirror read; on a node whose agent reports the
+        kubelet's truth they read that truth instead (within one agent cycle), so the write,
+        the costliest part of learning a binding (a second pod write, and a second pod event
+        for kube-scheduler and every pod watcher), is skipped there. A pod some other
+        scheduler placed is predicted, not annotated: kvsched did not place it.
 
         kube-scheduler does not see kvsched's gang reservations: a pod it bound where only
         reserved GPUs were left took some of a plan's room. Those plans are released (their
@@ -168,9 +190,12 @@ class BindCoordinator:
         if node is None or entry is None or entry.state.topology is None:
             return record, []
         effects: list[Effect] = []
+        placement: str | None = None
         reserved = self.gangs.reservation(record.uid)
         if reserved is not None and reserved.reservation.node == node:
-            indices: tuple[int, ...] | None = self._current_prediction(reserved, entry.state)
+            planned = self._current_prediction(reserved, entry.state)
+            indices: tuple[int, ...] | None = planned
+            placement = _gang_placement(planned, reserved.reservation.gang)
         else:
             free = entry.state.usable_free_gpus
             if len(free) < record.gpus and self.gangs.book.gangs_on(node):
@@ -184,13 +209,33 @@ class BindCoordinator:
                     effects += self.gangs.release(gang)
                 entry = self.cache.entries.get(node) or entry
                 free = entry.state.usable_free_gpus
-            topology = entry.state.topology
-            assert topology is not None
-            predicted = predict_allocation(topology.layout, free, record.gpus)
-            indices = predicted.gpus if predicted is not None else None
+            demand = self.pending.demand(record.uid)
+            evaluation = evaluate(demand, entry.state, self.scoring) if demand is not None else None
+            if evaluation is not None and evaluation.fits and len(evaluation.gpus) == record.gpus:
+                indices, placement = evaluation.gpus, evaluation.summary()
+            else:
+                topology = entry.state.topology
+                assert topology is not None
+                predicted = predict_allocation(topology.layout, free, record.gpus)
+                indices = predicted.gpus if predicted is not None else None
+                if demand is not None and indices is not None:
+                    # Ours, though it no longer fits as kvsched sees the node (something
+                    # changed between filter and the binding): the prediction alone.
+                    placement = _gpus_placement(indices)
         if indices is None:
             return record, effects
         prediction = gpu_prediction(node, entry.state, indices)
+        if placement is not None:
+            effects.append(
+                RecordPlacement(
+                    record.namespace,
+                    record.name,
+                    record.uid,
+                    prediction,
+                    placement,
+                    annotate=not self.cache.kubelet_reports(node),
+                )
+            )
         return dataclasses.replace(record, prediction=prediction), effects
 
     def _claim(self, namespace: str, name: str, uid: str, node_name: str) -> tuple[PodRecord, str]:
@@ -258,7 +303,7 @@ class BindCoordinator:
             gang=gang_key(plan.gang),
             gang_id=plan.gang,
         )
-        return record, f"predicted-gpus={','.join(map(str, indices))} gang={plan.gang}"
+        return record, _gang_placement(indices, plan.gang)
 
     @staticmethod
     def _current_prediction(reserved: Reserved, state: NodeState) -> tuple[int, ...]:

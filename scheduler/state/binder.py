@@ -1,9 +1,16 @@
-"""Cluster-mode bind: one pods/binding write that also records kvsched's GPU prediction.
+"""Cluster-mode writes of kvsched's decisions onto pods.
 
-The binding carries the `kvsched.io/predicted-gpus` and `kvsched.io/placement` annotations,
-which the API server copies onto the pod as it binds it: the prediction is durable exactly
-when the binding is (it is how a restarted extender rebuilds its GPU map), with one API call
-per pod.
+* `record_placement` (the shipped profile, no bindVerb): kube-scheduler bound the pod; the
+  `kvsched.io/predicted-gpus` and `kvsched.io/placement` annotations are merged onto it
+  afterwards, from the effect writer, with the pod's UID as a precondition (a pod recreated
+  under the same name is not annotated by mistake).
+* `bind` (a configuration with a bindVerb): one pods/binding write carrying both annotations,
+  which the API server copies onto the pod as it binds it, so the prediction is durable
+  exactly when the binding is.
+* `reserve`: a gang member's reservation annotation.
+
+Either way the prediction on the pod is how a restarted extender rebuilds its GPU map and what
+the controller mirrors into NodeInventory where no node agent reports the kubelet's truth.
 """
 
 from __future__ import annotations
@@ -34,6 +41,24 @@ class ApiBinder:
                 raise BindError(f"pod {namespace}/{name} no longer exists") from None
         except KubeError as exc:
             raise BindError(f"cannot record reservation on pod {namespace}/{name}: {exc}") from None
+
+    def record_placement(
+        self, namespace: str, name: str, uid: str, prediction: GpuPrediction, placement: str
+    ) -> None:
+        annotations: dict[str, str | None] = {
+            A_PREDICTED_GPUS: prediction.encode(),
+            A_PLACEMENT: placement,
+        }
+        try:
+            self.api.annotate_pod(namespace, name, annotations, uid=uid)
+        except NotFoundError:
+            log.debug("pod %s/%s is gone: its placement is not recorded", namespace, name)
+        except KubeError as exc:
+            if exc.status == 422:
+                # The UID precondition: the name is another pod's now.
+                log.debug("pod %s/%s was replaced: its placement is not recorded", namespace, name)
+                return
+            raise BindError(f"cannot record placement on pod {namespace}/{name}: {exc}") from None
 
     def bind(
         self, pod: PodRecord, prediction: GpuPrediction, placement: str

@@ -8,10 +8,11 @@ from any one piece.
 * `FilterResult`, `BindResult`: what filter and bind answer (the extender turns them into
   wire JSON; the event recorder into Events).
 * `BindError`: a bind (or a reservation write) that must not or could not happen.
-* `Binder`: the one place where binds and gang reservations become durable: in cluster mode
-  pods/binding and a pod annotation (scheduler.state.binder), offline only the store's memory.
-  `bind` runs in a bind worker thread, outside the store's lock; `reserve` runs only in the
-  effect writer (scheduler.state.effects), never in a verb.
+* `Binder`: the one place where binds, gang reservations and learned placements become
+  durable: in cluster mode pods/binding and pod annotations (scheduler.state.binder), offline
+  only the store's memory. `bind` runs in a bind worker thread, outside the store's lock;
+  `reserve` and `record_placement` run only in the effect writer (scheduler.state.effects),
+  never in a verb.
 * `StoreObserver`: told what the node cache learns while it rebuilds nodes (metrics).
 """
 
@@ -73,6 +74,13 @@ class Binder(Protocol):
         """Record (or with None, clear) a gang member's reservation on the member pod."""
         ...
 
+    def record_placement(
+        self, namespace: str, name: str, uid: str, prediction: GpuPrediction, placement: str
+    ) -> None:
+        """Record the GPU prediction and placement of a pod bound by someone else (kube-scheduler,
+        after this extender placed it) on the pod with that `uid`."""
+        ...
+
 
 class StoreObserver(Protocol):
     """Told about what the store learns as it rebuilds nodes (the extender's metrics)."""
@@ -94,3 +102,15 @@ class InMemoryBinder:
 
     def reserve(self, namespace: str, name: str, reservation: GpuReservation | None) -> None:
         pass
+
+    def record_placement(
+        self, namespace: str, name: str, uid: str, prediction: GpuPrediction, placement: str
+    ) -> None:
+        log.info(
+            "placed %s/%s on %s gpus=%s (%s)",
+            namespace,
+            name,
+            prediction.node,
+            prediction.indices,
+            placement,
+        )

@@ -1,9 +1,12 @@
 """Effects: the API writes a state change calls for, carried out after it, off the verb.
 
-The gang coordinator changes the store's state under its lock and *returns* what must be
-written to the API server (a member's reservation annotation written or cleared) instead of
-writing it; the store hands the effects to an `EffectRunner` once the lock is released. So no
-verb performs API I/O, and nothing waits on a lock held across API I/O.
+The store's coordinators change its state under its lock and *return* what must be written to
+the API server instead of writing it: a gang member's reservation annotation written or
+cleared (the gang coordinator), and the GPU prediction and placement of a pod kube-scheduler
+bound after this extender placed it, on a node whose agent does not report the kubelet's
+allocation (the bind coordinator's `learn`: the shipped profile has no bindVerb). The store
+hands the effects to an `EffectRunner` once the lock is released. So no verb and no watch event
+performs API I/O, and nothing waits on a lock held across API I/O.
 
 Runners:
 
@@ -21,6 +24,12 @@ extender. A reservation that could not be written is therefore only not durable:
 restarted before the members bind plans the group again. A clear that is lost leaves a stale
 annotation, which matters only to an extender restarted before it expires (at most the gang
 TTL); a reservation whose time is up is ignored when read back.
+
+What a lost placement write means: the store keeps the prediction it learned (the authority
+while the extender runs); the pod only lacks the `kvsched.io/predicted-gpus` and
+`kvsched.io/placement` annotations, so the controller's allocation mirror does not show it and
+an extender restarted later counts its GPUs as held, unindexed, until the node agent reports
+the kubelet's truth.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from scheduler.core.assignment import GpuReservation
+from scheduler.core.assignment import GpuPrediction, GpuReservation
 from scheduler.state.contracts import Binder
 from scheduler.state.worker import FailureLogLevel, QueueWorker
 
@@ -43,6 +52,7 @@ __all__ = [
     "EffectRunner",
     "EffectWriter",
     "InlineEffects",
+    "RecordPlacement",
     "WriteReservation",
 ]
 
@@ -64,12 +74,44 @@ class WriteReservation:
     def kind(self) -> str:
         return "reservation" if self.reservation is not None else "reservation-clear"
 
+    @property
+    def subject(self) -> str:
+        return f"gang {self.gang}: {self.kind} on {self.namespace}/{self.name}"
+
     def apply(self, binder: Binder) -> None:
         binder.reserve(self.namespace, self.name, self.reservation)
 
 
-# The one kind of effect so far; a union as more appear.
-Effect = WriteReservation
+@dataclass(frozen=True, slots=True)
+class RecordPlacement:
+    """Write kvsched's GPU prediction and placement summary on a pod kube-scheduler bound
+    after this extender filtered it (`kvsched.io/predicted-gpus`, `kvsched.io/placement`), on
+    that very pod (`uid`): what the bind verb wrote with the binding, written after it."""
+
+    namespace: str
+    name: str
+    uid: str
+    prediction: GpuPrediction
+    placement: str
+    # False on a node whose agent reports the kubelet's allocation: only the placement event
+    # is offered (the store does that); nothing is written, the kubelet's truth will say it.
+    annotate: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "placement"
+
+    @property
+    def subject(self) -> str:
+        return f"placement of {self.namespace}/{self.name}"
+
+    def apply(self, binder: Binder) -> None:
+        binder.record_placement(
+            self.namespace, self.name, self.uid, self.prediction, self.placement
+        )
+
+
+Effect = WriteReservation | RecordPlacement
 
 
 class EffectObserver(Protocol):
@@ -116,11 +158,8 @@ class _Applier:
         self.observer.effect_done(effect.kind, "failed")
         log.log(
             self._failure_level.next(),
-            "gang %s: cannot write %s on pod %s/%s (the plan stands, but is not durable): %s",
-            effect.gang,
-            effect.kind,
-            effect.namespace,
-            effect.name,
+            "cannot write %s (the store keeps it, but it is not durable): %s",
+            effect.subject,
             exc,
         )
 
@@ -176,13 +215,7 @@ class EffectWriter:
                 continue
             self._applier.observer.effect_done(effect.kind, "dropped")
             if not self._worker.closed:
-                log.warning(
-                    "gang %s: effect queue full; %s on %s/%s dropped (not durable)",
-                    effect.gang,
-                    effect.kind,
-                    effect.namespace,
-                    effect.name,
-                )
+                log.warning("effect queue full; %s dropped (not durable)", effect.subject)
 
     def pending(self) -> int:
         """Effects queued and not yet written."""

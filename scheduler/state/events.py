@@ -14,11 +14,12 @@ same event of the same pod is written at most once per dedupe window (the spirit
 event correlator). A rejection event's identity is the pod, its reason and the rejection
 counts per kind; when the counts change (a node filled up), that is news and is written.
 
-Placement events (written only where kvsched binds: a configuration with a bindVerb) are one
-API write per pod, as many as the pods scheduled: a token bucket (`placed_per_s`, `placed_burst`)
+Placement events (for every pod kvsched placed: offered when the bind verb binds it, or when
+the pod watch shows kube-scheduler bound it) are one API write per pod, as many as the pods
+scheduled: a token bucket (`placed_per_s`, `placed_burst`)
 caps them, so a backlog of thousands costs the API server a sample of them, not one each, while
 pods arriving at a human pace all get theirs. The placement is also on the pod itself (the
-`kvsched.io/placement` annotation the bind writes) and in `explain`. The Warning events (why a
+`kvsched.io/placement` annotation) and in `explain`. The Warning events (why a
 pod is pending, a pod kvsched cannot read) are what an operator acts on: deduplicated, never
 rate-limited.
 """

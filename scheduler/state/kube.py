@@ -73,9 +73,15 @@ class ClusterApi(Protocol):
         ...
 
     def annotate_pod(
-        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+        self,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+        uid: str | None = None,
     ) -> None:
-        """Merge `annotations` into the pod's; a None value removes that annotation."""
+        """Merge `annotations` into the pod's; a None value removes that annotation. With
+        `uid`, only into the pod with that UID: another pod under the same name is refused
+        (HTTP 422: a UID cannot change), never annotated."""
         ...
 
     def bind_pod(
@@ -290,9 +296,18 @@ class KubeApi:
             raise KubeError(f"watch {kind}: undecodable event: {exc}") from None
 
     def annotate_pod(
-        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+        self,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+        uid: str | None = None,
     ) -> None:
-        body = {"metadata": {"annotations": dict(annotations)}}
+        metadata: dict[str, Any] = {"annotations": dict(annotations)}
+        if uid is not None:
+            # Patching the UID to the value it has is a no-op; to any other value, an
+            # immutable-field error: a precondition in the same write.
+            metadata["uid"] = uid
+        body = {"metadata": metadata}
         try:
             _body(
                 self.core.patch_namespaced_pod(

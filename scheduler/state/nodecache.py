@@ -218,6 +218,12 @@ class NodeCache:
             self.quarantine.clear("Pod", record.uid)
         return record, obj
 
+    def kubelet_reports(self, name: str) -> bool:
+        """Whether the node's agent reports the kubelet's GPU allocation (lock held)."""
+        cached = self._facts.get(name)
+        facts = cached[2] if cached is not None else None
+        return facts is not None and facts.kubelet_reports
+
     def upsert_pod(self, pod: Mapping[str, Any]) -> list[Effect]:
         """A pod added or changed. A pod bound without a prediction on it is given one: kept
         from what this cache learned before, else, when this event is its binding, learned

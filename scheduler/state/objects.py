@@ -288,6 +288,9 @@ class NodeFacts:
     kubelet_owners: dict[int, str]
     # GPU indices the kubelet can hand out (`allocatableGpus`); None when not reported.
     kubelet_allocatable: frozenset[int] | None
+    # Whether the node agent reports the kubelet's allocation (`allocatedSource: kubelet`):
+    # the truth about every pod's GPUs will come from it, so a prediction needs no record.
+    kubelet_reports: bool
     models: dict[str, tuple[CachedModel, ...]]
     bandwidth: Bandwidth
 
@@ -324,6 +327,7 @@ def node_facts(
         memory=_gpu_memory(topology if source == "inventory" else None, labels, product_label),
         kubelet_owners=owners,
         kubelet_allocatable=offered,
+        kubelet_reports=inv_status.get("allocatedSource") == "kubelet",
         models=_models(inv_status, catalog),
         bandwidth=_bandwidth(inv_status),
     )

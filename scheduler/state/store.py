@@ -53,7 +53,7 @@ from scheduler.state.contracts import (
     InMemoryBinder,
     StoreObserver,
 )
-from scheduler.state.effects import Effect, EffectRunner, InlineEffects
+from scheduler.state.effects import Effect, EffectRunner, InlineEffects, RecordPlacement
 from scheduler.state.gang_coordinator import GangCoordinator
 from scheduler.state.gangs import Reserved
 from scheduler.state.memo import UNKNOWN_NODE, EvaluationMemo
@@ -141,6 +141,9 @@ class ClusterStore:
             pod_groups=self.pod_groups,
         )
         self.cache.learn = self.binds.learn
+        # Told of every placement kvsched learned from the watch and records on the pod (the
+        # extender's placement events); called after the lock is released.
+        self.placement_listeners: list[Callable[[str, str, str, BindResult], None]] = []
         self.synced = False
         # Kinds whose view is not in sync now, and why (never listed, a relist failed); the
         # informers keep it (`sync_problem`), /readyz reports it.
@@ -168,8 +171,19 @@ class ClusterStore:
 
     def _submit(self, effects: list[Effect]) -> None:
         """Hand effects over; called only after the lock is released."""
-        if effects:
-            self.effects.submit(effects)
+        if not effects:
+            return
+        writes: list[Effect] = []
+        for effect in effects:
+            if isinstance(effect, RecordPlacement):
+                result = BindResult(effect.prediction, effect.placement, already_bound=False)
+                for listener in self.placement_listeners:
+                    listener(effect.namespace, effect.name, effect.uid, result)
+                if not effect.annotate:
+                    continue
+            writes.append(effect)
+        if writes:
+            self.effects.submit(writes)
 
     # ---- feeding -------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Pod events through the verbs: kube-scheduler's retries of an unschedulable pod give one
-event, a bind gives one placement event, and a retried bind none."""
+event, a bind (or a binding seen on the watch) gives one placement event, and a retried bind
+none."""
 
 from __future__ import annotations
 
@@ -81,6 +82,26 @@ def test_a_bind_gets_one_placement_event_and_a_retried_bind_none(
     assert event["note"].startswith("Placed on gpu-a, predicted GPUs ")
     assert "weights=network" in event["note"] and "set=" in event["note"]
     assert event["related"]["name"] == "gpu-a"
+
+
+def test_a_pod_the_scheduler_bound_gets_one_placement_event(
+    store: ClusterStore, api: FakeEventApi
+) -> None:
+    """The shipped profile (no bindVerb): the pod watch shows kube-scheduler's binding; the
+    placement event is the bind verb's, and a later event of the same pod adds none."""
+    the_pod = pod("vllm-1", gpus=2, annotations=model_annotations(LLAMA_8B))
+    store.upsert_pod(the_pod)  # the watch shows it pending first
+    with app_client(store, api) as client:
+        assert "gpu-a" in filter_names(client, the_pod, ["gpu-a", "l40s"])
+        bound = {**the_pod, "spec": {**the_pod["spec"], "nodeName": "gpu-a"}}
+        store.upsert_pod(bound)
+        running = {**bound, "status": {"phase": "Running"}}
+        store.upsert_pod(running)
+    assert api.reasons() == [PLACED]
+    event = api.events[0][1]
+    assert event["regarding"]["uid"] == "uid-llm-vllm-1"
+    assert event["note"].startswith("Placed on gpu-a, predicted GPUs ")
+    assert "weights=network" in event["note"] and "set=" in event["note"]
 
 
 def test_a_broken_annotation_gets_one_event_naming_it(

@@ -6,9 +6,9 @@ server's own serving certificate, so it sees the extender's requests in clear. A
 request line of the binding POST (`POST /api/v1/namespaces/e2e/bindings`, the one call
 `KubeApi.bind_pod` makes) holds that connection at the moment the extender has written the
 request and is waiting for the answer; the test waits for the trap, not for time, and kills the
-extender then. Its own kube-scheduler (own profile and lease, the shipped configuration
-otherwise) calls this extender only, so the session's scheduler and extender never touch these
-pods.
+extender then. Its own kube-scheduler (own profile and lease; manifests/scheduler/
+scheduler-config-bind.yaml, the setting where the extender binds, otherwise) calls this extender
+only, so the session's scheduler and extender never touch these pods.
 
 After each kill: the pod is bound exactly once, to its node, with its GPU annotation; no GPU is
 held by two pods; scheduling resumes after the extender restarts (the seconds are printed).
@@ -16,6 +16,7 @@ held by two pods; scheduling resumes after the extender restarts (the seconds ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import subprocess
@@ -29,7 +30,15 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 from support.controlplane import ControlPlane
-from support.e2e import NAMESPACE, Cluster, Extender, scheduler_config, wait_until
+from support.e2e import (
+    BIND_SCHEDULER_CONFIG,
+    NAMESPACE,
+    SCHEDULER_CONFIG,
+    Cluster,
+    Extender,
+    scheduler_config,
+    wait_until,
+)
 from support.stallproxy import Hold, StallProxy, Trap
 
 from topology.presets import PRESETS
@@ -38,6 +47,7 @@ pytestmark = pytest.mark.e2e
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 SCHEDULER_NAME = "kvsched-bind-kill"
+SHIPPED_SCHEDULER_NAME = "kvsched-write-kill"
 ASSIGNED = "kvsched.io/predicted-gpus"
 BINDING_POST = f"POST /api/v1/namespaces/{NAMESPACE}/bindings ".encode()
 # As in test_faults.py: the informers back off up to 30 s and kube-scheduler retries pods
@@ -69,10 +79,12 @@ class Rig:
         return [line for line in lines if f"{NAMESPACE}/{pod}" in line]
 
 
-@pytest.fixture
-def rig(
-    control_plane: ControlPlane, manifests_applied: object, cluster: Cluster, tmp_path: Path
+@contextlib.contextmanager
+def build_rig(
+    control_plane: ControlPlane, tmp_path: Path, source: Path, scheduler_name: str
 ) -> Iterator[Rig]:
+    """An extender behind a StallProxy and a kube-scheduler of its own (profile
+    `scheduler_name`, its own lease) running the configuration `source`."""
     api = urlparse(control_plane.server_url)
     certs = control_plane.ca_file.parent  # hack/controlplane/up.sh: ca.crt beside server.*
     serve = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -93,10 +105,10 @@ def rig(
     scheduler: subprocess.Popen[bytes] | None = None
     try:
         extender.start()
-        config_path = scheduler_config(control_plane, extender.url, tmp_path)
+        config_path = scheduler_config(control_plane, extender.url, tmp_path, source=source)
         config = yaml.safe_load(config_path.read_text())
-        config["leaderElection"]["resourceName"] = "kvsched-scheduler-bind-kill"
-        config["profiles"][0]["schedulerName"] = SCHEDULER_NAME
+        config["leaderElection"]["resourceName"] = f"kvsched-scheduler-{scheduler_name}"
+        config["profiles"][0]["schedulerName"] = scheduler_name
         config_path.write_text(yaml.safe_dump(config))
         scheduler = control_plane.start_scheduler(config_path)
         yield Rig(control_plane, proxy, extender, scheduler)
@@ -105,6 +117,71 @@ def rig(
             control_plane.stop_scheduler(scheduler)
         extender.stop()
         proxy.close()
+
+
+@pytest.fixture
+def rig(
+    control_plane: ControlPlane, manifests_applied: object, cluster: Cluster, tmp_path: Path
+) -> Iterator[Rig]:
+    """The setting where the extender binds (scheduler-config-bind.yaml)."""
+    with build_rig(control_plane, tmp_path, BIND_SCHEDULER_CONFIG, SCHEDULER_NAME) as built:
+        yield built
+
+
+@pytest.fixture
+def shipped_rig(
+    control_plane: ControlPlane, manifests_applied: object, cluster: Cluster, tmp_path: Path
+) -> Iterator[Rig]:
+    """The shipped setting: kube-scheduler binds, the extender writes its prediction after."""
+    with build_rig(control_plane, tmp_path, SCHEDULER_CONFIG, SHIPPED_SCHEDULER_NAME) as built:
+        yield built
+
+
+def test_extender_killed_while_writing_its_prediction_after_the_binding(
+    cluster: Cluster, shipped_rig: Rig
+) -> None:
+    """The shipped setting's window: kube-scheduler bound the pod, and the extender is killed
+    while its PATCH writing `kvsched.io/predicted-gpus` on it is held (never reaches the API
+    server). The pod stays bound, once, without the annotation; the restarted extender, which
+    cannot know which GPUs the pod got, counts them as held but unindexed, never free: an
+    8-GPU pod does not fit the node beside it, a 4-GPU pod does."""
+    rig = shipped_rig
+    node = known_gpu_node(cluster, rig)
+    trap = rig.proxy.trap(
+        f"PATCH /api/v1/namespaces/{NAMESPACE}/pods/victim".encode(), hold="request"
+    )
+    cluster.pod(
+        "victim",
+        gpus=4,
+        scheduler=SHIPPED_SCHEDULER_NAME,
+        annotations={"kvsched.io/model": LLAMA_8B},
+    )
+    assert trap.sprung.wait(RESUME_WITHIN_S), "the extender never wrote its prediction"
+    bound = cluster.get_pod("victim")
+    assert bound["spec"]["nodeName"] == node  # kube-scheduler's binding came first
+    rig.extender.stop(kill=True)
+    assert ASSIGNED not in (cluster.get_pod("victim")["metadata"].get("annotations") or {})
+
+    Restart(rig)
+    wait_until(lambda: rig.extender.knows(node), timeout=30, what=f"{node} after the restart")
+    (row,) = rig.extender.explain(node)
+    assert row["unindexedBusyGpus"] == 4 and row["heldGpus"] == [], row
+    cluster.pod(
+        "whole",
+        gpus=8,
+        scheduler=SHIPPED_SCHEDULER_NAME,
+        annotations={"kvsched.io/model": LLAMA_8B},
+    )
+    cluster.pod(
+        "half", gpus=4, scheduler=SHIPPED_SCHEDULER_NAME, annotations={"kvsched.io/model": LLAMA_8B}
+    )
+    assert cluster.wait_placed("half", timeout=RESUME_WITHIN_S)["spec"]["nodeName"] == node
+    assert not cluster.get_pod("whole")["spec"].get("nodeName")
+    victim = cluster.get_pod("victim")
+    assert (
+        victim["spec"]["nodeName"] == node and victim["metadata"]["uid"] == bound["metadata"]["uid"]
+    )
+    assert (trap.matches, trap.forwarded) == (1, 0), trap
 
 
 def test_extender_killed_before_its_binding_reaches_the_api_server(

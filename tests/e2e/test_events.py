@@ -61,7 +61,7 @@ def test_a_placed_pod_gets_a_placement_event_saying_why(cluster: Cluster) -> Non
         gpus=4,
         annotations={"kvsched.io/model": LLAMA_70B, "kvsched.io/max-model-len": "8192"},
     )
-    pod = cluster.wait_bound("placed")
+    pod = cluster.wait_placed("placed")
     event = wait_kvsched_event(cluster, "placed", "KvschedPlaced")
     assert event["type"] == "Normal"
     assert event["involvedObject"]["uid"] == pod["metadata"]["uid"]

@@ -37,14 +37,14 @@ def test_api_server_restart_mid_run(
     node = cluster.node("only")
     cluster.inventory(node, PRESETS["hgx-h100-8"])
     cluster.pod("before", gpus=4, annotations={"kvsched.io/model": LLAMA_8B})
-    cluster.wait_bound("before")
+    cluster.wait_placed("before")
     control_plane.restart_apiserver(down_for=2.0)
     # kube-scheduler exits when it cannot renew its lease; its Deployment restarts it.
     time.sleep(1)
     scheduler.ensure_running()
     started = time.monotonic()
     cluster.pod("after", gpus=4, annotations={"kvsched.io/model": LLAMA_8B})
-    cluster.wait_bound("after", timeout=RESUME_WITHIN_S)
+    cluster.wait_placed("after", timeout=RESUME_WITHIN_S)
     resumed = time.monotonic() - started
     assert indices(cluster, "before").isdisjoint(indices(cluster, "after"))
     assert extender.metric("kvsched_cluster_synced") == 1.0
@@ -62,7 +62,7 @@ def test_extender_killed_while_placing(cluster: Cluster, extender: Extender) -> 
     extender.stop(kill=True)
     extender.start()
     for name in names:
-        cluster.wait_bound(name, timeout=RESUME_WITHIN_S)
+        cluster.wait_placed(name, timeout=RESUME_WITHIN_S)
     held = [indices(cluster, n) for n in names]
     assert sum(len(h) for h in held) == len(set().union(*held)) == 8
 

@@ -43,7 +43,7 @@ def reservation(pod: dict[str, Any]) -> dict[str, Any] | None:
 def test_four_member_group_lands_inside_one_zone(cluster: Cluster) -> None:
     where = zones(cluster, {"a": 3, "b": 4})
     members = [cluster.pod(f"m{i}", gpus=8, annotations=gang("g", 4)) for i in range(4)]
-    nodes = [cluster.wait_bound(m)["spec"]["nodeName"] for m in members]
+    nodes = [cluster.wait_placed(m)["spec"]["nodeName"] for m in members]
     assert {where[n] for n in nodes} == {"b"} and len(set(nodes)) == 4
     for m in members:
         assigned = json.loads(

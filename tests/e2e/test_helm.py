@@ -180,9 +180,9 @@ def test_pod_schedules_through_the_installed_configuration(
         cluster.inventory(node, PRESETS["hgx-h100-8"])
         wait_until(lambda: extender.knows(node), timeout=30, what=f"extender sees {node}")
         cluster.pod("llama", gpus=2, annotations={"kvsched.io/model": LLAMA_8B})
-        pod = cluster.wait_bound("llama")
+        pod = cluster.wait_placed("llama")
         assert pod["spec"]["nodeName"] == node
-        # Bound by the extender (bindVerb), which records the GPUs it predicted.
+        # Bound by kube-scheduler; kvsched wrote the GPUs it predicted on the pod.
         assert "kvsched.io/predicted-gpus" in pod["metadata"]["annotations"]
     finally:
         cluster.cleanup()

@@ -55,6 +55,7 @@ def scene(cluster: Cluster) -> tuple[Cluster, str]:
             {"name": LLAMA_8B, "tier": "local-disk"},
         ],
         allocated=[(0, f"{NAMESPACE}/holder"), (1, f"{NAMESPACE}/holder")],
+        allocated_source="kubelet",
     )
     cluster.pod(
         "waiting",

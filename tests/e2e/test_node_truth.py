@@ -10,7 +10,6 @@ only part of the node that is not the real program.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -48,9 +47,21 @@ def uuids(node: str, *indices: int) -> list[str]:
     return [f"GPU-{node}-{i}" for i in indices]
 
 
-def predicted(pod: dict[str, Any]) -> list[int]:
-    value = json.loads(pod["metadata"]["annotations"]["kvsched.io/predicted-gpus"])
-    return sorted(value["indices"])
+def predicted(extender: Extender, node: str, pod: dict[str, Any]) -> list[int]:
+    """The GPUs the extender predicted for `pod`, from its view: on a node whose agent reports
+    the kubelet's allocation kvsched writes no prediction on the pod."""
+    annotations = pod["metadata"].get("annotations") or {}
+    assert "kvsched.io/predicted-gpus" not in annotations, annotations
+    ref = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+    gpus: list[int] = wait_until(
+        lambda: sorted(
+            i
+            for i, (holder, source) in held(extender, node).items()
+            if holder == ref and source == "prediction"
+        ),
+        what=f"{ref}'s predicted GPUs in the extender's view",
+    )
+    return gpus
 
 
 @pytest.fixture
@@ -119,7 +130,7 @@ def test_the_kubelets_gpus_replace_the_prediction(
     cluster.pod("first", gpus=4)
     first = cluster.wait_bound("first")
     assert first["spec"]["nodeName"] == node
-    assert predicted(first) == [0, 1, 2, 3]
+    assert predicted(extender, node, first) == [0, 1, 2, 3]
     ns = first["metadata"]["namespace"]
     kubelet.set(
         pods=[gpu_pod(ns, "first", *uuids(node, 4, 5, 6, 7))], allocatable=uuids(node, *range(8))
@@ -139,7 +150,7 @@ def test_the_kubelets_gpus_replace_the_prediction(
     cluster.pod("second", gpus=4)
     second = cluster.wait_bound("second")
     assert second["spec"]["nodeName"] == node
-    assert predicted(second) == [0, 1, 2, 3]
+    assert predicted(extender, node, second) == [0, 1, 2, 3]
 
     # A pod gone from the kubelet's report frees its GPUs: "first" is deleted; while the
     # kubelet still lists it (its containers stopping) 4-7 stay held, then they are free.
@@ -155,7 +166,7 @@ def test_the_kubelets_gpus_replace_the_prediction(
     cluster.pod("third", gpus=4)
     third = cluster.wait_bound("third")
     assert third["spec"]["nodeName"] == node
-    assert predicted(third) == [4, 5, 6, 7]
+    assert predicted(extender, node, third) == [4, 5, 6, 7]
 
 
 def test_an_agent_without_the_kubelet_socket_still_publishes_its_caches(

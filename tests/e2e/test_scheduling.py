@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from support.controlplane import REPO_ROOT, ApiError, ControlPlane
-from support.e2e import INVENTORY_PATH, Cluster, Extender, kubectl
+from support.e2e import INVENTORY_PATH, Cluster, Extender, kubectl, wait_until
 
 from topology.presets import PRESETS
 
@@ -35,13 +35,19 @@ def test_pod_lands_where_its_weights_are(cluster: Cluster) -> None:
         gpus=4,
         annotations={"kvsched.io/model": LLAMA_70B, "kvsched.io/max-model-len": "8192"},
     )
-    pod = cluster.wait_bound("llama")
+    pod = cluster.wait_placed("llama")
     assert pod["spec"]["nodeName"] == warm
     placement = pod["metadata"]["annotations"]["kvsched.io/placement"]
     assert "weights=host-memory" in placement
+    # Written after kube-scheduler's binding: the GPUs kvsched predicted, with their UUIDs.
+    gpus = assigned(pod)
+    assert gpus["node"] == warm and len(gpus["indices"]) == 4  # type: ignore[arg-type]
+    assert gpus["uuids"] == [f"GPU-{warm}-{i}" for i in gpus["indices"]]  # type: ignore[attr-defined]
 
 
-def test_tp_pod_gets_the_best_gpu_set(cluster: Cluster) -> None:
+def test_tp_pod_gets_the_best_gpu_set(cluster: Cluster, extender: Extender) -> None:
+    """Both nodes' agents report the kubelet's allocation: kvsched predicts the pod's GPUs in
+    its view and writes nothing on the pod (the kubelet's truth will replace the prediction)."""
     box = PRESETS["a100-pcie-8-nvbridge"]
     memory = 80 * 2**30
     # Same free count (4) on both; only "intact" still has whole NVLink-bridged pairs.
@@ -53,6 +59,7 @@ def test_tp_pod_gets_the_best_gpu_set(cluster: Cluster) -> None:
         memory_bytes=memory,
         product="A100-PCIe-80GB",
         allocated=[(i, "other/x") for i in (1, 3, 5, 7)],
+        allocated_source="kubelet",
     )
     cluster.inventory(
         intact,
@@ -60,13 +67,23 @@ def test_tp_pod_gets_the_best_gpu_set(cluster: Cluster) -> None:
         memory_bytes=memory,
         product="A100-PCIe-80GB",
         allocated=[(i, "other/y") for i in (0, 1, 2, 3)],
+        allocated_source="kubelet",
     )
     cluster.pod("tp2", gpus=2, annotations={"kvsched.io/model": LLAMA_8B})
     pod = cluster.wait_bound("tp2")
     assert pod["spec"]["nodeName"] == intact
-    gpus = assigned(pod)["indices"]
+    ref = f"{pod['metadata']['namespace']}/tp2"
+    gpus = wait_until(
+        lambda: sorted(
+            h["index"]
+            for h in extender.explain(intact)[0].get("heldGpus", [])
+            if h["pod"] == ref and h["source"] == "prediction"
+        ),
+        what="tp2's predicted GPUs in the extender's view",
+    )
     assert gpus in ([4, 5], [6, 7])
-    assert assigned(pod)["uuids"] == [f"GPU-{intact}-{i}" for i in gpus]  # type: ignore[union-attr]
+    annotations = cluster.get_pod("tp2")["metadata"].get("annotations") or {}
+    assert "kvsched.io/predicted-gpus" not in annotations
 
 
 def test_pod_that_fits_nowhere_stays_pending_with_kvsched_reason(cluster: Cluster) -> None:
@@ -90,10 +107,10 @@ def test_restarting_the_extender_loses_no_allocation(cluster: Cluster, extender:
     node = cluster.node("shared")
     cluster.inventory(node, PRESETS["hgx-h100-8"])
     cluster.pod("first", gpus=4, annotations={"kvsched.io/model": LLAMA_8B})
-    first = assigned(cluster.wait_bound("first"))
+    first = assigned(cluster.wait_placed("first"))
     extender.restart()
     cluster.pod("second", gpus=4, annotations={"kvsched.io/model": LLAMA_8B})
-    second = assigned(cluster.wait_bound("second", timeout=90))
+    second = assigned(cluster.wait_placed("second", timeout=90))
     assert first["node"] == second["node"] == node
     assert set(first["indices"]).isdisjoint(second["indices"])  # type: ignore[arg-type]
 

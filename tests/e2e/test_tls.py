@@ -162,7 +162,7 @@ def test_scheduler_calls_the_extender_over_mutual_tls(
             scheduler="kvsched-tls",
             annotations={"kvsched.io/model": "meta-llama/Llama-3.1-8B-Instruct"},
         )
-        pod = cluster.wait_bound("over-tls")
+        pod = cluster.wait_placed("over-tls")
         assert "kvsched.io/predicted-gpus" in pod["metadata"]["annotations"]
     finally:
         cluster.cp.stop_scheduler(scheduler)

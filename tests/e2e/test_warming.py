@@ -142,7 +142,7 @@ def test_the_controller_asks_the_agent_copies_and_the_next_pod_lands_there(
     assert asked(cluster, nodes) == [target]
 
     cluster.ungate("next")
-    bound = cluster.wait_bound("next")
+    bound = cluster.wait_placed("next")
     assert bound["spec"]["nodeName"] == target
     # Chosen for the copy: the extender's breakdown says the weights were on the node.
     placement = bound["metadata"]["annotations"]["kvsched.io/placement"]

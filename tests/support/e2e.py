@@ -25,6 +25,9 @@ from topology.model import NodeTopology
 
 NAMESPACE = "e2e"
 SCHEDULER_CONFIG = REPO_ROOT / "manifests" / "scheduler" / "scheduler-config.yaml"
+PREDICTED_GPUS = "kvsched.io/predicted-gpus"
+# The other setting: the extender binds (bindVerb).
+BIND_SCHEDULER_CONFIG = REPO_ROOT / "manifests" / "scheduler" / "scheduler-config-bind.yaml"
 INVENTORY_PATH = "/apis/kvsched.io/v1alpha1/nodeinventories"
 
 
@@ -253,9 +256,12 @@ def kubectl(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def scheduler_config(control_plane: ControlPlane, extender_url: str, folder: Path) -> Path:
-    """manifests/scheduler/scheduler-config.yaml with only the kubeconfig and URL substituted."""
-    config = yaml.safe_load(SCHEDULER_CONFIG.read_text())
+def scheduler_config(
+    control_plane: ControlPlane, extender_url: str, folder: Path, source: Path = SCHEDULER_CONFIG
+) -> Path:
+    """manifests/scheduler/scheduler-config.yaml (or `source`) with only the kubeconfig and URL
+    substituted."""
+    config = yaml.safe_load(source.read_text())
     config["clientConnection"]["kubeconfig"] = str(control_plane.kubeconfig)
     for extender in config["extenders"]:
         extender["urlPrefix"] = extender_url
@@ -340,7 +346,12 @@ class Cluster:
         product: str = "H100-SXM-80GB",
         models: Sequence[Mapping[str, Any]] = (),
         allocated: Sequence[tuple[int, str]] = (),
+        allocated_source: str | None = None,
     ) -> None:
+        """A NodeInventory as an agent writes it. `allocated_source`: "kubelet" when the
+        `allocated` list stands for the kubelet's report (an agent reading PodResources; kvsched
+        then writes no prediction on pods bound there); None (default) as an agent without the
+        PodResources socket writes it, where kvsched's predictions are the record."""
         self.cp.request(
             "POST",
             INVENTORY_PATH,
@@ -358,6 +369,7 @@ class Cluster:
             product=product,
             models=models,
             allocated=allocated,
+            allocated_source=allocated_source,
             cache_bytes=2**41,
             observed_at=format_time(now()),
         )["status"]
@@ -413,6 +425,21 @@ class Cluster:
             lambda: (p := self.get_pod(name))["spec"].get("nodeName") and p,
             timeout=timeout,
             what=f"pod {name} bound",
+        )
+        return pod
+
+    def wait_placed(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The pod once bound and carrying kvsched's GPU prediction: with the shipped
+        configuration kube-scheduler binds, and kvsched writes `kvsched.io/predicted-gpus` and
+        `kvsched.io/placement` just after the binding."""
+        pod: dict[str, Any] = wait_until(
+            lambda: (
+                (p := self.get_pod(name))["spec"].get("nodeName")
+                and PREDICTED_GPUS in (p["metadata"].get("annotations") or {})
+                and p
+            ),
+            timeout=timeout,
+            what=f"pod {name} bound with kvsched's prediction on it",
         )
         return pod
 

@@ -50,12 +50,26 @@ class FakeApi:
             raise result
         yield from result
 
-    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+    def annotate_pod(
+        self,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+        uid: str | None = None,
+    ) -> None:
         self.calls.append(("annotate", f"{namespace}/{name}"))
         if self.annotate_error:
             raise self.annotate_error
         meta = self.pods.setdefault((namespace, name), pod(name, namespace=namespace))["metadata"]
-        meta["annotations"].update(annotations)
+        if uid is not None and meta.get("uid") != uid:
+            # As the API server answers a patch that would change the UID.
+            raise KubeError(f"pod {namespace}/{name}: metadata.uid: field is immutable", 422)
+        current = meta.setdefault("annotations", {})
+        for key, value in annotations.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
 
     def bind_pod(
         self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str]

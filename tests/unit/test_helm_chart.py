@@ -465,3 +465,16 @@ def test_no_probe_dials_the_nodes_loopback(helm: Path, kubectl: Path) -> None:
                                 probe,
                             )
     assert checked >= 18  # scheduler, extender and controller probes in every render
+
+
+def test_extender_bind_renders_the_bind_setting(helm: Path) -> None:
+    """The chart's scheduler config is scheduler-config.yaml (no bindVerb) by default and
+    scheduler-config-bind.yaml with `extender.bind=true`."""
+    root = Path(__file__).resolve().parents[2] / "manifests" / "scheduler"
+    for value, source in (
+        ("false", "scheduler-config.yaml"),
+        ("true", "scheduler-config-bind.yaml"),
+    ):
+        chart = template(helm, f"extender.bind={value}")
+        expected = yaml.safe_load((root / source).read_text())["extenders"][0]
+        assert extender_config(chart) == expected, value

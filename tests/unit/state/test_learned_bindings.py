@@ -1,19 +1,22 @@
 """Bindings kvsched did not make itself, learned from the pod watch (no bindVerb: kube-scheduler
 binds; or another scheduler): the pod gets a prediction as its binding arrives, keeps it through
 later events and relists, a gang member takes its plan's GPUs, and a pod bound onto GPUs a plan
-held releases that plan."""
+held releases that plan; a pod this extender placed gets its prediction written on it afterwards
+(an effect), one another scheduler placed does not."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+import pytest
 from support.gangs import LLAMA_70B, schedule, store_with
-from support.k8s import gpu_node, pod
+from support.k8s import gpu_node, inventory, pod
 
 from scheduler.core.assignment import GpuPrediction
-from scheduler.state.effects import WriteReservation
+from scheduler.state.effects import Effect, RecordPlacement, WriteReservation
 from scheduler.state.store import ClusterStore
+from topology.presets import PRESETS
 
 NODES = [gpu_node(f"n{i}", labels={"topology.kubernetes.io/zone": "a"}) for i in range(2)]
 
@@ -22,7 +25,7 @@ class Recorded:
     """An effect runner that keeps what it was given."""
 
     def __init__(self) -> None:
-        self.effects: list[WriteReservation] = []
+        self.effects: list[Effect] = []
 
     def start(self) -> None:
         pass
@@ -139,5 +142,100 @@ def test_a_pod_bound_onto_gpus_a_plan_held_releases_the_plan() -> None:
     assert record is not None and record.prediction is not None
     assert len(record.prediction.indices) == 4
     assert len(free(store, "n1")) == 4 and len(free(store, "n0")) == 8
-    cleared = [(e.name, e.reservation) for e in effects.effects if e.reservation is None]
+    cleared = [
+        (e.name, e.reservation)
+        for e in effects.effects
+        if isinstance(e, WriteReservation) and e.reservation is None
+    ]
     assert sorted(name for name, _ in cleared) == ["m-0", "m-1"]
+
+
+def recording_store(pods: list[dict[str, Any]]) -> tuple[ClusterStore, Recorded, list[Any]]:
+    """A store whose effects are kept, and the placements its listeners were told of."""
+    effects = Recorded()
+    store = ClusterStore(store_with(NODES, []).catalog, effects=effects, gang_ttl_s=120)
+    store.replace_kind("Node", NODES)
+    for p in pods:
+        store.upsert_pod(p)
+    store.synced = True
+    told: list[Any] = []
+    store.placement_listeners.append(lambda *args: told.append(args))
+    return store, effects, told
+
+
+def placements(effects: Recorded) -> list[RecordPlacement]:
+    return [e for e in effects.effects if isinstance(e, RecordPlacement)]
+
+
+def test_a_pod_this_extender_filtered_gets_its_prediction_written_after_the_binding() -> None:
+    annotations = {"kvsched.io/model": LLAMA_70B, "kvsched.io/max-model-len": "8192"}
+    llm = pod("a", gpus=4, annotations=annotations)
+    store, effects, told = recording_store([llm])
+    passed, failed = schedule(store, llm)
+    assert passed, failed
+    assert placements(effects) == []  # filter writes nothing
+    store.upsert_pod(bound(llm, passed[0]))
+    record = store.pod("uid-llm-a")
+    assert record is not None and record.prediction is not None
+    [written] = placements(effects)
+    assert (written.namespace, written.name, written.uid) == ("llm", "a", "uid-llm-a")
+    assert written.prediction == record.prediction
+    # The bind verb's summary: the evaluation of the node the pod was bound to.
+    indices = ",".join(map(str, record.prediction.indices))
+    assert written.placement.startswith(f"predicted-gpus={indices} weights=")
+    assert "set=" in written.placement
+    [(namespace, name, uid, result)] = told
+    assert (namespace, name, uid) == ("llm", "a", "uid-llm-a")
+    assert result.prediction == record.prediction and result.placement == written.placement
+    # The write coming back on the watch (the pod now carries it) asks for nothing more.
+    annotated = bound(llm, passed[0])
+    annotated["metadata"]["annotations"]["kvsched.io/predicted-gpus"] = written.prediction.encode()
+    store.upsert_pod(annotated)
+    assert len(placements(effects)) == 1 and len(told) == 1
+    again = store.pod("uid-llm-a")
+    assert again is not None and again.prediction == record.prediction
+
+
+def test_a_pod_another_scheduler_placed_is_predicted_but_not_annotated() -> None:
+    other = pod("o", gpus=2)
+    store, effects, told = recording_store([other])
+    store.upsert_pod(bound(other, "n1"))  # never filtered here
+    record = store.pod("uid-llm-o")
+    assert record is not None and record.prediction is not None
+    assert placements(effects) == [] and told == []
+
+
+def test_a_gang_member_bound_by_the_scheduler_gets_its_plans_gpus_written() -> None:
+    leader, worker = gang_member("m-0"), gang_member("m-1")
+    store, effects, _ = recording_store([leader, worker])
+    passed, failed = schedule(store, leader)
+    assert len(passed) == 1, failed
+    reserved = store.reservation("uid-llm-m-0")
+    assert reserved is not None
+    store.upsert_pod(bound(leader, passed[0]))
+    [written] = placements(effects)
+    indices = ",".join(map(str, reserved.reservation.indices))
+    assert written.placement == f"predicted-gpus={indices} gang={reserved.reservation.gang}"
+    assert written.prediction.indices == reserved.reservation.indices
+
+
+@pytest.mark.parametrize(("source", "annotated"), [("kubelet", False), ("prediction", True)])
+def test_the_prediction_is_written_only_where_no_agent_reports_the_kubelets_truth(
+    source: str, annotated: bool
+) -> None:
+    """A node whose agent reports the kubelet's allocation will say which GPUs the pod got
+    (a restarted extender and the controller read that): the pod write, a second pod event
+    for every watcher, is skipped there. The placement event is offered either way."""
+    llm = pod("a", gpus=2)
+    store, effects, told = recording_store([llm])
+    store.replace_kind(
+        "NodeInventory",
+        [inventory(name, PRESETS["hgx-h100-8"], allocated_source=source) for name in ("n0", "n1")],
+    )
+    passed, failed = schedule(store, llm)
+    assert passed, failed
+    store.upsert_pod(bound(llm, passed[0]))
+    record = store.pod("uid-llm-a")
+    assert record is not None and record.prediction is not None
+    assert len(placements(effects)) == (1 if annotated else 0)
+    assert [args[:3] for args in told] == [("llm", "a", "uid-llm-a")]

@@ -244,3 +244,52 @@ def test_binder_failures_become_bind_errors_and_record_nothing(
         store.bind("llm", "p", "u1", "a")
     state = store.node("a")
     assert state is not None and len(state.free_gpus) == 8
+
+
+def test_a_binding_the_scheduler_made_gets_the_prediction_written_on_that_pod() -> None:
+    """No bindVerb: the watch shows the binding, the store learns the GPUs, and its (inline)
+    effect writes them on the pod, as the bind verb would have in the binding."""
+    api = FakeApi()
+    store = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
+    store.replace_kind("Node", [gpu_node("a")])
+    pending = pod("p", gpus=2, annotations=model_annotations(LLAMA_8B))
+    api.pods[("llm", "p")] = copy.deepcopy(pending)
+    store.upsert_pod(pending)
+    store.synced = True
+    assert store.filter(store.demand(pending), ["a"]).passed == ["a"]
+    bound = copy.deepcopy(pending)
+    bound["spec"]["nodeName"] = "a"
+    store.upsert_pod(bound)
+    record = store.pod("uid-llm-p")
+    assert record is not None and record.prediction is not None
+    annotations = api.pods[("llm", "p")]["metadata"]["annotations"]
+    assert GpuPrediction.decode(annotations[A_PREDICTED_GPUS]) == record.prediction
+    assert annotations["kvsched.io/placement"].startswith("predicted-gpus=")
+    # A restarted extender reads it back from the pod.
+    second = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
+    bound["metadata"]["annotations"] = dict(annotations)
+    second.replace_kind("Pod", [bound], rebuild=False)
+    second.replace_kind("Node", [gpu_node("a")])
+    again = second.pod("uid-llm-p")
+    assert again is not None and again.prediction == record.prediction
+
+
+def test_a_placement_for_a_pod_replaced_under_the_same_name_is_not_written() -> None:
+    api = FakeApi()
+    api.pods[("llm", "p")] = pod("p", uid="new-uid")
+    ApiBinder(api).record_placement("llm", "p", "old-uid", GpuPrediction("a", (0,)), "x")
+    assert A_PREDICTED_GPUS not in api.pods[("llm", "p")]["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"), [(NotFoundError("gone", 404), False), (KubeError("boom", 500), True)]
+)
+def test_placement_write_failures(error: KubeError, raised: bool) -> None:
+    api = FakeApi()
+    api.annotate_error = error
+    write = ApiBinder(api).record_placement
+    if raised:
+        with pytest.raises(BindError, match="cannot record placement on pod llm/p"):
+            write("llm", "p", "u1", GpuPrediction("a", (0,)), "x")
+    else:
+        write("llm", "p", "u1", GpuPrediction("a", (0,)), "x")  # a pod gone needs nothing
