@@ -14,7 +14,9 @@ mkdir -p docs/img
 "$PY" hack/bench_placement.py --out-md "$tmp/placement.md" --plots docs/img
 hack/controlplane/build.sh >/dev/null
 # Default, floor and kvsched profiles, GPU pods and the realistic mix, at 500 and 1,000 nodes
-# (each size on its own control plane); --other-bind adds the bind setting not shipped.
+# (each size on its own control plane); kvsched-agents (on by default: kvsched with every
+# NodeInventory reported by a node agent, GPU pods); --other-bind adds the bind setting not
+# shipped.
 "$PY" hack/bench_scheduler.py --nodes "${BENCH_SCHED_NODES:-500,1000}" \
   --pods "${BENCH_SCHED_PODS:-1000,2000}" --other-bind --out-md "$tmp/scheduler.md"
 {

@@ -8,7 +8,11 @@ hack/controlplane), the same nodes and the same pods for every profile:
    A seeded synthetic GPU pool (scheduler.demo.synthetic.synthetic_cluster: six node kinds,
    HGX H100/H200/B200, DGX A100, A100 PCIe with NVLink bridges, L40S; 8 GPUs each; ~80% with a
    NodeInventory that lists cached models; some GPUs held by running pods) is created through
-   the API with a few worker threads on keep-alive connections.
+   the API with a few worker threads on keep-alive connections. No node agent reports the
+   kubelet's allocation (bench_scheduler.without_agent_reports): the inventories carry no
+   `allocatedSource: kubelet` list, and the running pods' GPUs are named by their
+   `kvsched.io/predicted-gpus` (where the pod's node has an inventory), so kvsched writes its
+   prediction on every pod it places, except in the `kvsched-agents` phase.
 2. P seeded LLM pods: TP (nvidia.com/gpu) 1/2/4/8 drawn 55/25/12/8 % (`--tp-mix`), the model
    drawn by a Zipf law (s=1.1) over a popularity order of catalog models; a TP at which the
    model cannot fit any GPU kind of the pool is raised to the next one of the mix that fits
@@ -16,11 +20,22 @@ hack/controlplane), the same nodes and the same pods for every profile:
    carry them (max-model-len 8192, max-num-seqs 4).
 3. Profiles, each its own phases: "default" (kube-scheduler with only the default profile, no
    extender); "floor" (manifests/scheduler/scheduler-config.yaml pointed at
-   hack/floor_extender.py: filter passes every node, prioritize scores 0, and where the shipped
-   configuration has a bindVerb, bind creates the binding through the same Python client
-   kvsched uses: what any HTTP extender costs); "kvsched" (`kvsched extender` in cluster mode
-   and the shipped configuration). `--other-bind` adds floor and kvsched with the bindVerb the
-   shipped configuration does not have (removed or added; GPU pods only).
+   hack/floor_extender.py: filter passes every node, prioritize scores 0, and where the
+   phase's configuration has a bindVerb, bind creates the binding through the same Python
+   client kvsched uses: what any HTTP extender costs); "kvsched" (`kvsched extender` in cluster
+   mode and the shipped configuration). `--other-bind` adds floor and kvsched with the bindVerb
+   setting the shipped configuration does not have (GPU pods only): the shipped file has none
+   (kube-scheduler binds), so these are the `+bind` phases, which measure
+   manifests/scheduler/scheduler-config-bind.yaml (the extender binds). "kvsched-agents"
+   (`--agents`, on by default; GPU pods, backlog; where the shipped configuration has no
+   bindVerb): kvsched as deployed with node agents that read the kubelet's PodResources.
+   Before the phase every NodeInventory gets what such an agent writes (`allocatedSource:
+   kubelet`, `allocated` = the running pods' GPUs from their predictions, `allocatableGpus` =
+   every GPU), so kvsched's view is the kvsched phase's; kvsched then writes no prediction on
+   a pod bound to those nodes (only its placement event), and still writes it on a pod bound
+   to a node without a NodeInventory: the phase waits for records and counts them on those
+   pods only. Afterwards the inventories are put back as before. The agents' own writes are
+   not in the benchmark (no kubelet runs, so nothing changes to report).
 4. Phases per profile. GPU pods as a backlog: the P pods created while no scheduler serves
    them, then the scheduler started; throughput = (bound - 1) / (last bind - first bind).
    The realistic mix (`--mix-pods`, 10% LLM pods drawn as above, the rest CPU-only pods that
@@ -28,9 +43,17 @@ hack/controlplane), the same nodes and the same pods for every profile:
    (its throughput) and paced (the scheduler running, pod i created at i / `--mix-rate` s;
    creation-to-bind latency, GPU pods and CPU pods apart). Every bind is timed from a pod
    watch; a phase ends when all pods are bound or no bind happened for `--settle` seconds;
-   then its pods are deleted and the nodes are as before. The CPU time of every process
+   then its pods are deleted and the nodes are as before. Where kvsched runs without a
+   bindVerb, its work for a pod does not end at the binding: it writes the pod's
+   `kvsched.io/predicted-gpus` and `kvsched.io/placement` afterwards (its effect writer). The
+   same watch times when each pod is first seen carrying the prediction; after the binds, the
+   phase waits (same settle and timeout) until every bound GPU pod carries it, and kvsched's
+   pods/s for such a phase is "bound and recorded": (bound - 1) / (the later of the last bind
+   and the last record - first bind), the rate its ratios use; the bind drain rate is shown
+   beside it, and paced GPU pods get a creation-to-recorded latency. The CPU time of every process
    (etcd, kube-apiserver, kube-scheduler, the extender, this client) is sampled from /proc,
-   with each process's idle rate measured before the scheduler starts (net CPU per pod).
+   with each process's idle rate measured before the scheduler starts (net CPU per pod),
+   up to the last bind or, where kvsched records after binding, the last record.
 5. Targets (DESIGN.md), same run: GPU pods through kvsched >= 0.8x the floor; the mix through
    kvsched >= 0.9x the default profile; GPU pods kvsched / default reported (aim >= 0.5x).
 6. Placement metrics from where each profile put the GPU pods, replayed in bind order
@@ -45,16 +68,19 @@ hack/controlplane), the same nodes and the same pods for every profile:
    exactly ported, over that node's free GPUs in the kubelet's random order, drawn from a
    generator seeded with --seed and the pod's name); those GPUs are what later pods find
    taken. "TP pods on the best set" is graded two ways: by the device plugin's GPUs (every
-   profile: what the pod would run on) and, for kvsched where its bind wrote it, by its
-   `kvsched.io/predicted-gpus` (a prediction nothing on a node reads; without a bindVerb the
-   prediction lives only in the extender's memory and is not graded). "Best" = as good as
+   profile: what the pod would run on) and, for kvsched, by its `kvsched.io/predicted-gpus`
+   annotation as the pod carries it once the phase is over (written with the binding by a
+   bindVerb, or after it; a prediction nothing on a node reads). A pod bound under kvsched
+   without that annotation is counted as not recorded. "Best" = as good as
    topology.select.best_gpu_set over the free GPUs at that moment: for the plugin's GPUs the
    node's real free GPUs; for the prediction the free GPUs as the extender saw them (its
-   earlier predictions taken: no agent reports the kubelet's truth in this benchmark, so its
-   view drifts from the replayed node wherever a prediction missed). The prediction hit rate
-   is how often the predicted set is the plugin's. Residency is the inventories' state at
-   setup: the benchmark pods' own loads are not added to the caches while replaying (no
-   controller runs), for every profile alike.
+   earlier predictions taken: no agent reports the kubelet's truth for the benchmark's pods,
+   so its view drifts from the replayed node wherever a prediction missed). The prediction hit
+   rate is how often the predicted set is the plugin's. In kvsched-agents only the pods on
+   nodes without an agent's report carry a prediction: only those are graded by it (and
+   counted as recorded or not); the others are graded by the plugin's GPUs alone.
+   Residency is the inventories' state at setup: the benchmark pods' own loads are not added
+   to the caches while replaying (no controller runs), for every profile alike.
 
 Every KubeSchedulerConfiguration gets the same overrides, made here only for the benchmark:
 clientConnection qps/burst (default 1000/1000; the shipped file sets none, and kube-scheduler's
@@ -74,6 +100,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import http.client
 import json
 import math
@@ -94,6 +121,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -107,7 +135,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from support.controlplane import ControlPlane, ControlPlaneUnavailable  # noqa: E402
 from support.e2e import Extender, kubectl, scheduler_config  # noqa: E402
 
-from scheduler.core.assignment import GpuPrediction  # noqa: E402
+from scheduler.core.assignment import GpuPrediction, uuids_for  # noqa: E402
 from scheduler.core.demand import A_PREDICTED_GPUS, PodDemand, parse_demand  # noqa: E402
 from scheduler.core.node import NodeState  # noqa: E402
 from scheduler.core.placement import evaluate  # noqa: E402
@@ -131,12 +159,17 @@ NAMESPACE = "bench"
 IDLE_WINDOW_S = 2.0
 # The profiles of one size, in the order they run; each phase runs on the same nodes.
 PROFILES = ("default", "floor", "kvsched")
+# kvsched's profile as deployed with node agents that read the kubelet's PodResources: every
+# NodeInventory says `allocatedSource: kubelet` for this phase (set_agent_reports), so kvsched
+# writes no prediction on the pods it places on those nodes (GPU pods, backlog).
+AGENTS = "kvsched-agents"
 MIX_PREFIX = "mix-"  # the mix as a backlog: throughput
 PACED_PREFIX = "paced-"  # the mix arriving at --mix-rate: creation-to-bind latency
 # Share of GPU pods in the realistic mix (the rest ask for CPU and memory only).
 MIX_GPU_SHARE = 0.1
 CPU_POD_REQUESTS = {"cpu": "500m", "memory": "512Mi"}
 PHASE_LABEL = "kvsched-bench/phase"
+
 CRD = ROOT / "manifests" / "crd" / "nodeinventories.kvsched.io.yaml"
 INVENTORIES = "/apis/kvsched.io/v1alpha1/nodeinventories"
 SHIPPED_CONFIG = ROOT / "manifests" / "scheduler" / "scheduler-config.yaml"
@@ -242,10 +275,93 @@ class Api:
 
 
 def pool_objects(nodes: int, seed: int, inventory_share: float) -> dict[str, list[dict[str, Any]]]:
+    """The seeded synthetic pool as the benchmark creates it: without node agents reporting
+    the kubelet's allocation (`without_agent_reports`)."""
     out: dict[str, list[dict[str, Any]]] = {"Node": [], "NodeInventory": [], "Pod": []}
     for obj in synthetic_cluster(nodes, seed=seed, inventory_share=inventory_share):
         out[obj["kind"]].append(obj)
-    return out
+    return without_agent_reports(out)
+
+
+def without_agent_reports(
+    objects: Mapping[str, list[dict[str, Any]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """The pool as kvsched finds it where no node agent reads the kubelet's PodResources.
+
+    The synthetic pool says which GPUs its running pods hold through each NodeInventory's
+    `allocated` list vouched for by the kubelet (`allocatedSource: kubelet`). Without such an
+    agent that list is empty and unvouched (scheduler/agent/report.py, PodResources not read),
+    and what names a running pod's GPUs is kvsched's own record on the pod,
+    `kvsched.io/predicted-gpus`: so the list moves onto the pods it names, the same indices
+    (and the inventory's UUIDs). kvsched's view of every node is unchanged by the move; only
+    where the view comes from differs, which decides whether kvsched writes its prediction on
+    a pod it places (on a node whose agent reports the kubelet's truth it does not). Running
+    pods on a node without a NodeInventory name no GPUs, as before.
+    The `kvsched-agents` phase puts the kubelet's list back (`agent_report`)."""
+    held: dict[str, dict[str, list[int]]] = {}  # node -> pod ref -> indices
+    uuids: dict[str, list[str | None]] = {}
+    inventories = []
+    for inventory in objects["NodeInventory"]:
+        name = inventory["metadata"]["name"]
+        status = inventory["status"]
+        if status.get("allocatedSource") != "kubelet":
+            raise ValueError(
+                f"NodeInventory {name}: status.allocatedSource is "
+                f"{status.get('allocatedSource')!r}, the synthetic pool's is 'kubelet'"
+            )
+        by_pod = held[name] = {}
+        for entry in status.get("allocated") or []:
+            by_pod.setdefault(str(entry["pod"]), []).append(int(entry["index"]))
+        uuids[name] = [g.get("uuid") for g in sorted(status["gpus"], key=lambda g: g["index"])]
+        bare = copy.deepcopy(inventory)
+        bare["status"].pop("allocatedSource")
+        bare["status"]["allocated"] = []
+        inventories.append(bare)
+    pods = []
+    for pod in objects["Pod"]:
+        pod = copy.deepcopy(pod)
+        node = pod["spec"]["nodeName"]
+        meta = pod["metadata"]
+        ref = f"{meta['namespace']}/{meta['name']}"
+        if node in held:
+            indices = tuple(sorted(held[node].pop(ref, [])))
+            if len(indices) != gpus_of(pod):
+                raise ValueError(
+                    f"running pod {ref} on {node}: its inventory lists GPUs {indices}, "
+                    f"the pod asks for {gpus_of(pod)}"
+                )
+            prediction = GpuPrediction(node, indices, uuids_for(indices, uuids[node]))
+            meta.setdefault("annotations", {})[A_PREDICTED_GPUS] = prediction.encode()
+        pods.append(pod)
+    stray = {node: sorted(by_pod) for node, by_pod in held.items() if by_pod}
+    if stray:
+        raise ValueError(f"inventories list GPUs of pods that do not exist: {stray}")
+    return {**objects, "NodeInventory": inventories, "Pod": pods}
+
+
+def agent_report(inventory: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The status fields a node agent that reads the kubelet's PodResources writes on the
+    node's NodeInventory (scheduler/inventory/status.py, manifests/crd): `allocated` = the
+    GPUs the node's running pods hold, each `{index, pod: namespace/name}`, vouched for by
+    the kubelet, and `allocatableGpus` = every GPU (all healthy here). The running pods' GPUs
+    are taken from their `kvsched.io/predicted-gpus` (`without_agent_reports`), so kvsched
+    sees the same GPUs held as in the phases without agents."""
+    name = inventory["metadata"]["name"]
+    allocated = []
+    for pod in pods:
+        if pod["spec"].get("nodeName") != name:
+            continue
+        raw = (pod["metadata"].get("annotations") or {}).get(A_PREDICTED_GPUS)
+        if raw is None:
+            continue
+        prediction = GpuPrediction.decode(raw)
+        ref = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        allocated += [{"index": i, "pod": ref} for i in prediction.indices]
+    return {
+        "allocatedSource": "kubelet",
+        "allocated": sorted(allocated, key=lambda a: a["index"]),
+        "allocatableGpus": sorted(g["index"] for g in inventory["status"]["gpus"]),
+    }
 
 
 def feasible_tps(model: str, catalog: Catalog, tps: Iterable[int]) -> set[int]:
@@ -437,8 +553,8 @@ def extender_config(
 
 class FloorExtender:
     """hack/floor_extender.py as a child process: filter passes every node sent, prioritize
-    scores 0, bind (where the shipped configuration has a bindVerb) creates the binding
-    through the same client kvsched uses."""
+    scores 0, bind (where the phase's configuration has a bindVerb: the `+bind` phases)
+    creates the binding through the same client kvsched uses."""
 
     def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
         self.kubeconfig = kubeconfig
@@ -490,14 +606,27 @@ class FloorExtender:
 # ---- one phase ---------------------------------------------------------------------------------
 
 
-class BindWatch:
-    """Times every pod's first appearance with spec.nodeName, from a pod watch."""
+def phase_label(phase: str) -> str:
+    """The phase's name as a label value (`floor+bind` -> `floor.bind`: a label value allows
+    only alphanumerics, `-`, `_` and `.`)."""
+    return phase.replace("+", ".")
 
-    def __init__(self, api: Api, phase: str) -> None:
+
+class BindWatch:
+    """Times every pod's first appearance with spec.nodeName, and its first appearance
+    carrying kvsched's `kvsched.io/predicted-gpus` annotation (written with the binding by a
+    bindVerb, or by kvsched's effect writer after kube-scheduler bound the pod), from a pod
+    watch. `agent_nodes`: nodes whose NodeInventory says the agent reports the kubelet's
+    allocation, where kvsched writes no prediction on the pod (none is waited for there)."""
+
+    def __init__(self, api: Api, phase: str, agent_nodes: AbstractSet[str] = frozenset()) -> None:
         self.api = api
-        self.selector = urllib.parse.quote(f"{PHASE_LABEL}={phase}")
+        self.selector = urllib.parse.quote(f"{PHASE_LABEL}={phase_label(phase)}")
+        self.agent_nodes = agent_nodes
         self.bound: dict[str, float] = {}
+        self.nodes: dict[str, str] = {}
         self.order: list[str] = []
+        self.recorded: dict[str, float] = {}
         self.lock = threading.Lock()
         self.stopped = False
         self.error: BaseException | None = None
@@ -524,12 +653,19 @@ class BindWatch:
                 obj = event.get("object") or {}
                 if event.get("type") not in ("ADDED", "MODIFIED"):
                     continue
-                if (obj.get("spec") or {}).get("nodeName"):
-                    name = obj["metadata"]["name"]
-                    with self.lock:
-                        if name not in self.bound:
-                            self.bound[name] = now
-                            self.order.append(name)
+                metadata = obj.get("metadata") or {}
+                name = metadata.get("name")
+                if not isinstance(name, str):
+                    continue
+                node = (obj.get("spec") or {}).get("nodeName")
+                recorded = A_PREDICTED_GPUS in (metadata.get("annotations") or {})
+                with self.lock:
+                    if node and name not in self.bound:
+                        self.bound[name] = now
+                        self.nodes[name] = str(node)
+                        self.order.append(name)
+                    if recorded and name not in self.recorded:
+                        self.recorded[name] = now
         except Exception as exc:  # a closed socket while stopping raises all sorts
             if not self.stopped:
                 self.error = exc
@@ -537,6 +673,17 @@ class BindWatch:
     def count(self) -> int:
         with self.lock:
             return len(self.bound)
+
+    def progress(self, wanted: AbstractSet[str]) -> tuple[int, int, int]:
+        """Pods bound, pods recorded, and pods of `wanted` bound, not on an agent's node, but
+        not yet recorded."""
+        with self.lock:
+            unrecorded = sum(
+                1
+                for n in self.bound
+                if n in wanted and n not in self.recorded and self.nodes[n] not in self.agent_nodes
+            )
+            return len(self.bound), len(self.recorded), unrecorded
 
     def stop(self) -> None:
         self.stopped = True
@@ -566,7 +713,8 @@ class PhaseResult:
     log_notes: dict[str, int]
     extender: dict[str, float] = field(default_factory=dict)
     placement: dict[str, Any] = field(default_factory=dict)
-    # CPU seconds per process from the scheduler's start to the last bind (CpuMeter.between).
+    # CPU seconds per process from the scheduler's start to the last bind, or to the last
+    # record where it is later (`records`) (CpuMeter.between).
     cpu: dict[str, float] = field(default_factory=dict)
     # CPU seconds per second each process used while idle, before the scheduler started
     # (backlog phases; empty for the others).
@@ -577,6 +725,24 @@ class PhaseResult:
     phase: str = ""
     # Every bind's time from the origin, in order.
     bind_times: list[float] = field(default_factory=list)
+    # kvsched without a bindVerb: it writes its prediction and placement on each GPU pod
+    # after kube-scheduler bound it, so its work for the pods ends at the last such write.
+    records: bool = False
+    # The time from the origin at which each pod was first seen carrying kvsched's
+    # prediction, in order; the GPU pods bound by the end of the phase, and (`records`) how
+    # many of them did not carry it.
+    record_times: list[float] = field(default_factory=list)
+    bound_gpu: int = 0
+    unrecorded: int = 0
+    # Seconds from each GPU pod's creation to its prediction seen on it (`records` phases).
+    record_latency: dict[str, float] = field(default_factory=dict)
+    # kvsched-agents: the nodes whose NodeInventory said the agent reports the kubelet's
+    # allocation. kvsched writes no prediction on a pod bound there, so `unrecorded` and the
+    # wait for records count only the other nodes' GPU pods; `agent_gpu` = the bound GPU pods
+    # on these nodes, `agent_annotated` = how many of them carried a prediction anyway.
+    agent_nodes: frozenset[str] = frozenset()
+    agent_gpu: int = 0
+    agent_annotated: int = 0
 
     def __post_init__(self) -> None:
         self.phase = self.phase or self.profile
@@ -584,6 +750,41 @@ class PhaseResult:
     def latencies(self, gpu: bool) -> list[float]:
         """Creation-to-bind seconds of the GPU pods (or of the others)."""
         return [s for name, s in self.latency.items() if name.startswith("llm-") == gpu]
+
+    @property
+    def last_record_s(self) -> float:
+        return self.record_times[-1] if self.record_times else float("nan")
+
+    @property
+    def expected_records(self) -> int:
+        """Bound GPU pods on which kvsched is to write its prediction: those not on an
+        agent-reported node (`agent_nodes`)."""
+        return self.bound_gpu - self.agent_gpu
+
+    @property
+    def done_s(self) -> float:
+        """When the phase's work was done: the last bind, or the last record if later (never,
+        NaN, where GPU pods it is to record were bound and kvsched recorded none of them)."""
+        if not self.records or (not self.record_times and self.expected_records == 0):
+            return self.last_bind_s
+        if not self.record_times:
+            return float("nan")
+        return max(self.last_bind_s, self.last_record_s)
+
+    @property
+    def recorded_rate(self) -> float:
+        """Pods/s bound and recorded: (bound - 1) / (done - first bind); NaN where kvsched
+        records nothing after binding."""
+        span = self.done_s - self.first_bind_s
+        if not self.records or self.bound < 2 or not span > 0:
+            return float("nan")
+        return (self.bound - 1) / span
+
+    @property
+    def rate(self) -> float:
+        """The pods/s the ratios use: bound and recorded where kvsched records after
+        binding (its work is not done before), else the drain rate."""
+        return self.recorded_rate if self.records else self.drain_rate
 
     @property
     def pending(self) -> int:
@@ -742,18 +943,25 @@ def run_phase(
     args: argparse.Namespace,
     extender: ExtenderProcess | None,
     arrival: str,
+    records: bool = False,
+    agent_nodes: AbstractSet[str] = frozenset(),
 ) -> PhaseResult:
     """One phase: `pods` created (backlog: before the scheduler starts; stream: while it
-    runs), every bind timed, CPU metered; then the pods are deleted again."""
+    runs), every bind timed, CPU metered; then the pods are deleted again. `records`: kvsched
+    writes its prediction on each GPU pod after the binding, so the phase also waits for
+    those writes (same settle and timeout) and times them; except on `agent_nodes`, whose
+    NodeInventory says the node agent reports the kubelet's allocation: kvsched writes
+    nothing on a pod bound there, and none is waited for."""
     wall0 = time.monotonic()
     scheduler_name = "default-scheduler" if profile == "default" else "kvsched"
     bodies = []
     for pod in pods:
         body = copy.deepcopy(pod)
         body["spec"]["schedulerName"] = scheduler_name
-        body["metadata"]["labels"][PHASE_LABEL] = phase
+        body["metadata"]["labels"][PHASE_LABEL] = phase_label(phase)
         bodies.append(body)
-    watch = BindWatch(api, phase)
+    gpu_names = {b["metadata"]["name"] for b in bodies if gpus_of(b) > 0}
+    watch = BindWatch(api, phase, agent_nodes)
     path = f"/api/v1/namespaces/{NAMESPACE}/pods"
     created: dict[str, float] = {}
 
@@ -772,9 +980,9 @@ def run_phase(
                 time.sleep(delay)
             create(body)
 
-        calls = [lambda i=i, b=b: paced(i, b) for i, b in enumerate(bodies)]
+        calls = [functools.partial(paced, i, b) for i, b in enumerate(bodies)]
     else:
-        calls = [lambda b=b: create(b) for b in bodies]
+        calls = [functools.partial(create, b) for b in bodies]
     scheduler = None
     idle: dict[str, float] = {}
     try:
@@ -808,13 +1016,16 @@ def run_phase(
             sched_start = time.monotonic() - origin
         log(f"{phase}: {len(bodies)} pods created in {create_s:.1f}s; scheduler up")
         deadline = origin + args.timeout
-        last_count, last_change = -1, time.monotonic()
+        # Ends when every pod is bound and (`records`) every bound GPU pod carries kvsched's
+        # prediction, or after `settle` s without a bind or a record, or at the timeout.
+        last_progress, last_change = (-1, -1), time.monotonic()
         while True:
-            count = watch.count()
+            count, recorded, unrecorded = watch.progress(gpu_names if records else set())
             now = time.monotonic()
-            if count != last_count:
-                last_count, last_change = count, now
-            if count >= len(bodies) or now - last_change > args.settle or now > deadline:
+            if (count, recorded) != last_progress:
+                last_progress, last_change = (count, recorded), now
+            done = count >= len(bodies) and unrecorded == 0
+            if done or now - last_change > args.settle or now > deadline:
                 break
             if watch.error is not None:
                 raise RuntimeError(f"pod watch failed: {watch.error}")
@@ -830,7 +1041,9 @@ def run_phase(
             sched_log = plane.scheduler_log(scheduler)
             plane.stop_scheduler(scheduler)
     times = sorted(watch.bound.values())
-    selector = urllib.parse.quote(f"{PHASE_LABEL}={phase}")
+    record_times = sorted(watch.recorded.values())
+    # Read after the wait for the records: the pods as kvsched left them.
+    selector = urllib.parse.quote(f"{PHASE_LABEL}={phase_label(phase)}")
     listed = api.call("GET", f"{path}?labelSelector={selector}")
     final = {p["metadata"]["name"]: p for p in listed["items"]}
     events = api.call(
@@ -839,6 +1052,21 @@ def run_phase(
     notes = scan_log(sched_log)
     shutil.copy(sched_log, Path(args.work) / f"kube-scheduler-{phase}.log")
     bound_final = sum(1 for p in final.values() if p["spec"].get("nodeName"))
+    bound_gpu = {
+        name: (p["spec"]["nodeName"], A_PREDICTED_GPUS in (p["metadata"].get("annotations") or {}))
+        for name, p in final.items()
+        if name in gpu_names and p["spec"].get("nodeName")
+    }
+    on_agents = [annotated for node, annotated in bound_gpu.values() if node in agent_nodes]
+    unrecorded = sum(
+        1
+        for node, annotated in bound_gpu.values()
+        if records and not annotated and node not in agent_nodes
+    )
+    # The CPU window ends with the phase's work: the last bind, or the last record if later.
+    end: float | None = None
+    if times:
+        end = max(times[-1], record_times[-1]) if records and record_times else times[-1]
     result = PhaseResult(
         phase=phase,
         profile=profile,
@@ -855,10 +1083,22 @@ def run_phase(
         failed_events=sum(int(e.get("count") or 1) for e in events.get("items", [])),
         log_notes=notes,
         extender=extender_stats,
-        cpu=meter.between(origin, times[-1]) if times else {},
+        cpu=meter.between(origin, end) if end is not None else {},
         idle=idle,
         bind_times=[t - origin for t in times],
         latency={name: at - created[name] for name, at in watch.bound.items() if name in created},
+        records=records,
+        record_times=[t - origin for t in record_times],
+        bound_gpu=len(bound_gpu),
+        unrecorded=unrecorded,
+        agent_nodes=frozenset(agent_nodes),
+        agent_gpu=len(on_agents),
+        agent_annotated=sum(on_agents),
+        record_latency={
+            name: at - created[name]
+            for name, at in watch.recorded.items()
+            if records and name in created and name in gpu_names
+        },
     )
     # Reset: delete this phase's pods and wait until they are gone.
     api.call("DELETE", f"{path}?labelSelector={selector}&gracePeriodSeconds=0")
@@ -881,6 +1121,11 @@ def extender_metrics(extender: Extender) -> dict[str, float]:
             out[f"{verb} calls"] = calls
             out[f"{verb} mean ms"] = 1000 * total / calls if calls else float("nan")
         out["errors"] = extender.metric("kvsched_extender_requests_total", outcome="error")
+        # Its writes of predictions and placements after kube-scheduler's bindings.
+        for outcome in ("written", "failed", "dropped"):
+            out[f"placement {outcome}"] = extender.metric(
+                "kvsched_effects_total", effect="placement", outcome=outcome
+            )
     return out
 
 
@@ -946,6 +1191,8 @@ def replay(
     tp_predicted = tp_predicted_best = tp_hits = 0
     predicted_pods = hits = fallbacks = 0
     misfit = conflicts = 0
+    recorded = not_recorded = 0
+    on_agents = annotated_on_agents = 0
     # Bind order from the watch; pods bound but missed by it (none expected) go last.
     order = [n for n in result.order if n in result.final]
     done = set(order)
@@ -970,16 +1217,27 @@ def replay(
         if demand.gpus <= 0 or topology is None:
             continue
         predicted: tuple[int, ...] | None = None
-        if result.profile == "kvsched":
+        if result.profile == "kvsched" and node in result.agent_nodes:
+            # The node's agent reports the kubelet's allocation (kvsched-agents): kvsched
+            # writes no prediction on the pod, so there is none to grade; one found anyway
+            # is counted apart (should be 0).
+            on_agents += 1
+            annotated_on_agents += A_PREDICTED_GPUS in (
+                result.final[name]["metadata"].get("annotations") or {}
+            )
+        elif result.profile == "kvsched":
             raw = (result.final[name]["metadata"].get("annotations") or {}).get(A_PREDICTED_GPUS)
             prediction = GpuPrediction.decode(raw) if raw else None
             if prediction is not None and prediction.node == node:
                 predicted = tuple(prediction.indices)
             view = seen[node]
-            if predicted is None and raw is None:
-                pass  # kube-scheduler bound it (no bindVerb): kvsched's prediction is in memory
+            recorded += raw is not None
+            if raw is None:
+                # Bound under kvsched's profile, and by the end of the phase (the wait for
+                # records included) kvsched had not written its prediction on the pod.
+                not_recorded += 1
             elif predicted is None or len(predicted) != demand.gpus:
-                conflicts += 1  # kvsched bound without a usable prediction
+                conflicts += 1  # a prediction that does not fit the pod or its node
             elif not set(predicted) <= view.free_gpus:
                 conflicts += 1  # its prediction holds a GPU it had predicted for another pod
             else:
@@ -1019,6 +1277,10 @@ def replay(
         "plugin fallbacks": fallbacks,
         "misfit": misfit,
         "conflicts": conflicts,
+        "recorded": recorded,
+        "not recorded": not_recorded,
+        "on agent nodes": on_agents,
+        "annotated on agent nodes": annotated_on_agents,
         "per pod": per_pod,
     }
 
@@ -1071,10 +1333,13 @@ def shipped_cpu(per_phase: Mapping[str, Mapping[str, float]], other: str) -> flo
 
 def cpu_table(results: Sequence[PhaseResult]) -> list[str]:
     """CPU milliseconds per bound pod, per process, from the scheduler's start to the last
-    bind, and where kvsched's extra CPU goes against the floor and the default profile."""
+    bind (or the last record, `PhaseResult.done_s`), and where kvsched's extra CPU goes
+    against the floor and the default profile."""
     lines = [
         "CPU per bound pod, from the scheduler's start to the last bind (ms of CPU time per "
         "pod; /proc/PID/stat of each process; `extender` is the floor extender or kvsched). "
+        "For kvsched without a bindVerb the window runs to the later of the last bind and the "
+        "last prediction recorded on a pod, so its writes after the bindings are counted. "
         "Per process: net of the CPU the process spends idle (its rate over "
         f"{IDLE_WINDOW_S:g} s before the scheduler starts, times the window; backlog phases), "
         "so that a slower phase is not charged for a longer window; gross = all processes "
@@ -1119,6 +1384,22 @@ def cpu_table(results: Sequence[PhaseResult]) -> list[str]:
             f"kube-scheduler {fmt(floor['kube-scheduler'] - default['kube-scheduler'], 1)} ms, "
             f"API server {fmt(floor['kube-apiserver'] - default['kube-apiserver'], 1)} ms.",
         ]
+    agents = per_phase.get(AGENTS)
+    if agents and kv and floor:
+
+        def over(base: Mapping[str, float], name: str) -> str:
+            return fmt(agents.get(name, 0.0) - base.get(name, 0.0), 1)
+
+        lines += [
+            "",
+            f"With node agents ({AGENTS}: no prediction written on the pods of agent-reported "
+            f"nodes), net CPU per pod {fmt(agents['all'], 1)} ms against kvsched's "
+            f"{fmt(kv['all'], 1)} ms: extender {over(kv, 'extender')} ms, API server "
+            f"{over(kv, 'kube-apiserver')} ms, etcd {over(kv, 'etcd')} ms, kube-scheduler "
+            f"{over(kv, 'kube-scheduler')} ms; over the floor: extender "
+            f"{over(floor, 'extender')} ms, API server {over(floor, 'kube-apiserver')} ms, "
+            f"etcd {over(floor, 'etcd')} ms.",
+        ]
     if others:
         lines += [
             "",
@@ -1146,28 +1427,73 @@ class SizeRun:
 
 
 def main_rates(run: SizeRun) -> dict[str, float]:
-    return {p: run.results[p].drain_rate for p in PROFILES if p in run.results}
+    """GPU pods/s per profile as the ratios use it (PhaseResult.rate)."""
+    return {p: run.results[p].rate for p in PROFILES if p in run.results}
 
 
 def mix_rates(run: SizeRun) -> dict[str, float]:
-    return {
-        p: run.results[MIX_PREFIX + p].drain_rate for p in PROFILES if MIX_PREFIX + p in run.results
-    }
+    return {p: run.results[MIX_PREFIX + p].rate for p in PROFILES if MIX_PREFIX + p in run.results}
 
 
-def latency_text(r: PhaseResult | None, gpu: bool = True) -> str:
-    values = r.latencies(gpu) if r is not None else []
+def rate_text(r: PhaseResult | None) -> str:
+    """The rate the ratios use; where kvsched records after binding, the plain bind drain
+    rate beside it, and the bound GPU pods it had not recorded by the phase's end."""
+    if r is None:
+        return "n/a"
+    if not r.records:
+        return fmt(r.drain_rate)
+    missing = f", {r.unrecorded} not recorded" if r.unrecorded else ""
+    return f"{fmt(r.recorded_rate)} (bind drain {fmt(r.drain_rate)}{missing})"
+
+
+def percentiles_text(values: Sequence[float]) -> str:
     if not values:
         return "-"
     return f"{percentile(values, 50):.2f} / {percentile(values, 95):.2f}"
+
+
+def latency_text(r: PhaseResult | None, gpu: bool = True) -> str:
+    return percentiles_text(r.latencies(gpu) if r is not None else [])
+
+
+def record_latency_text(r: PhaseResult | None) -> str:
+    """Creation-to-recorded p50 / p95 of the GPU pods, where kvsched records after binding."""
+    return percentiles_text(list(r.record_latency.values()) if r is not None else [])
+
+
+def paced_text(r: PhaseResult | None) -> str:
+    bind = latency_text(r)
+    if r is None or not r.records:
+        return bind
+    return f"{bind} (to recorded {record_latency_text(r)})"
+
+
+def recorded_text(r: PhaseResult | None) -> str:
+    """Bound GPU pods carrying kvsched's prediction at the phase's end, of those bound."""
+    if r is None or not r.records:
+        return "-"
+    return f"{r.bound_gpu - r.unrecorded} / {r.bound_gpu}"
+
+
+def agents_text(r: PhaseResult) -> str:
+    """kvsched-agents: the bound GPU pods on agent-reported nodes carrying a prediction (none
+    is written there), beside the count over the other nodes."""
+    if not r.agent_nodes:
+        return ""
+    p = r.placement
+    return f" (+ {p['annotated on agent nodes']} / {p['on agent nodes']} on agent-reported nodes)"
+
+
+def any_records(runs: Sequence[SizeRun]) -> bool:
+    return any(r.records for run in runs for r in run.results.values())
 
 
 def summary(runs: Sequence[SizeRun]) -> list[str]:
     other = [
         f"{run.nodes} nodes: "
         + ", ".join(
-            f"{name} {fmt(r.drain_rate)} pods/s "
-            f"({fmt(ratio_of(r.drain_rate, run.results['default'].drain_rate), 2)}x default)"
+            f"{name} {rate_text(r)} pods/s "
+            f"({fmt(ratio_of(r.rate, run.results['default'].rate), 2)}x default)"
             for name, r in run.results.items()
             if name.endswith(("+bind", "-nobind"))
         )
@@ -1176,66 +1502,107 @@ def summary(runs: Sequence[SizeRun]) -> list[str]:
     ]
     lines = [
         "| nodes | GPU pods | GPU pods/s default / floor / kvsched | kvsched / floor "
-        f"(target >= {TARGET_FLOOR}x) | kvsched / default (aim >= {AIM_DEFAULT}x) | mix pods "
+        f"(target >= {TARGET_FLOOR}x) | kvsched / default (aim >= {AIM_DEFAULT}x) | "
+        f"with node agents: {AGENTS} GPU pods/s | {AGENTS} / floor (target >= {TARGET_FLOOR}x) "
+        f"| {AGENTS} / default (aim >= {AIM_DEFAULT}x) | mix pods "
         "| mix pods/s default / floor / kvsched | mix kvsched / default "
         f"(target >= {TARGET_MIX}x) | paced mix: GPU pods' creation to bind p50 / p95 s "
         "(default; floor; kvsched) |",
-        "|---:|---:|---|---|---|---:|---|---|---|",
+        "|---:|---:|---|---|---|---|---|---|---:|---|---|---|",
     ]
     for run in runs:
         main, mix = main_rates(run), mix_rates(run)
         mix_kv, mix_default = (mix.get(p, float("nan")) for p in ("kvsched", "default"))
+        agents = run.results.get(AGENTS)
+        agents_rate = agents.rate if agents is not None else float("nan")
         lines.append(
             f"| {run.nodes} | {run.pods} | "
-            + " / ".join(fmt(main.get(p, float("nan"))) for p in PROFILES)
+            + " / ".join(rate_text(run.results.get(p)) for p in PROFILES)
             + f" | {verdict(ratio_of(main['kvsched'], main['floor']), TARGET_FLOOR)} | "
             f"{verdict(ratio_of(main['kvsched'], main['default']), AIM_DEFAULT)} | "
+            f"{rate_text(agents)} | "
+            f"{verdict(ratio_of(agents_rate, main['floor']), TARGET_FLOOR)} | "
+            f"{verdict(ratio_of(agents_rate, main['default']), AIM_DEFAULT)} | "
             f"{run.mix_pods} | "
-            + " / ".join(fmt(mix.get(p, float("nan"))) for p in PROFILES)
+            + " / ".join(rate_text(run.results.get(MIX_PREFIX + p)) for p in PROFILES)
             + f" | {verdict(ratio_of(mix_kv, mix_default), TARGET_MIX)} | "
-            + "; ".join(latency_text(run.results.get(PACED_PREFIX + p)) for p in PROFILES)
+            + "; ".join(paced_text(run.results.get(PACED_PREFIX + p)) for p in PROFILES)
             + " |"
         )
+    if any(AGENTS in run.results for run in runs):
+        lines += [
+            "",
+            f"With node agents ({AGENTS}; GPU pods, backlog, the same pods and nodes): every "
+            "NodeInventory of the pool says `allocatedSource: kubelet` (the agent reads the "
+            "kubelet's PodResources), so kvsched writes no prediction on a pod it places on "
+            "those nodes, and only its placement event is offered; the pods on nodes without "
+            "a NodeInventory still get the write, and its pods/s is bound and recorded over "
+            "those. The agents' own NodeInventory writes are not in this benchmark (no kubelet "
+            "runs): they are paid with or without kvsched's bind.",
+        ]
     if other:
-        lines += ["", "The other bind setting (GPU pods, drain): " + "; ".join(other) + "."]
+        lines += ["", "The other bind setting (GPU pods, pods/s): " + "; ".join(other) + "."]
     return lines
 
 
 def size_section(run: SizeRun, args: argparse.Namespace) -> list[str]:
     setup = run.setup
-    main = [run.results[p] for p in PROFILES if p in run.results]
+    main = [run.results[p] for p in (*PROFILES, AGENTS) if p in run.results]
     main += [r for name, r in run.results.items() if name.endswith(("+bind", "-nobind"))]
     mixed = [run.results[MIX_PREFIX + p] for p in PROFILES if MIX_PREFIX + p in run.results]
     lines = [
         f"### {run.nodes} nodes",
         "",
         f"Pool: {setup['nodes']} fake GPU nodes (8 GPUs each; {setup['inventories']} with a "
-        f"NodeInventory), {setup['running']} running pods holding {setup['busy_gpus']} GPUs; "
+        f"NodeInventory, none reporting the kubelet's allocation except in {AGENTS}), "
+        f"{setup['running']} running pods holding {setup['busy_gpus']} GPUs; "
         f"{setup['free_gpus']} GPUs free. Setup took {setup['setup_s']:.0f} s.  ",
         f"GPU pods: {run.pods} pods asking for {setup['pod_gpus']} GPUs (TP {setup['tp_mix']}), "
         f"{setup['models']} models by Zipf (s={ZIPF_S}); backlog: all created while no "
         "scheduler serves them, then the scheduler is started; pods/s (drain) = (bound - 1) "
         "/ (last bind - first bind); to 95% of binds: the same up to the bind that makes 95% "
         "of the bound pods (without the few that bound only after a retry's backoff); also "
-        "from the scheduler's process start.  ",
+        "from the scheduler's process start. Where kvsched runs without a bindVerb it writes "
+        "each GPU pod's prediction and placement after kube-scheduler bound it: last record s "
+        "= when the last pod was first seen carrying `kvsched.io/predicted-gpus`, pods/s "
+        "(bound and recorded) = (bound - 1) / (the later of last bind and last record - first "
+        "bind), the rate its ratios use. 'kvsched's prediction on the pod' counts the bound "
+        "GPU pods that carry it once the phase is over (any kvsched phase; a bindVerb writes "
+        "it with the binding). "
+        f"{AGENTS} (with node agents): every NodeInventory says the agent reports the "
+        "kubelet's allocation, so kvsched writes its prediction only on the pods bound to the "
+        "nodes without a NodeInventory: its 'prediction on the pod' counts those (recorded / "
+        "bound there), with '+ annotated / bound GPU pods on agent-reported nodes' (0 "
+        "expected) beside; its last record and bound-and-recorded rate wait only for those; "
+        "its prediction-graded columns count only the pods that carry a prediction (the "
+        "device plugin's column grades every pod, as for every profile).  ",
         "",
         "| profile | bound / pods | pending | create s | first bind s | last bind s | "
         "pods/s (drain) | pods/s (to 95% of binds) | pods/s (from scheduler start) | "
-        "mean ready s | p95 ready s | "
+        "last record s | pods/s (bound and recorded) | "
+        "kvsched's prediction on the pod / bound GPU pods | mean ready s | p95 ready s | "
         "mean weight load s | weights from (gpu/host/disk/net) | "
         "TP>1 on best set (device plugin's GPUs) | TP>1 on best set (kvsched's prediction) | "
         "prediction = plugin's set (TP>1) | prediction = plugin's set (all) | "
         "placed where it does not fit | GPU conflicts | FailedScheduling events | phase wall s |",
-        "|" + "---|" * 21,
+        "|" + "---|" * 24,
     ]
     for r in main:
         p = r.placement
         t = p["tiers"]
         tiers = "/".join(str(t.get(k, 0)) for k in ("gpu", "host-memory", "local-disk", "network"))
+        on_pod = p["recorded"] + p["not recorded"]
         lines.append(
             f"| {r.phase} | {r.bound} / {r.pods} | {r.pending} | {r.create_s:.1f} | "
             f"{fmt(r.first_bind_s)} | {fmt(r.last_bind_s)} | {fmt(r.drain_rate)} | "
-            f"{fmt(r.rate_95)} | {fmt(r.rate_from_origin)} | {fmt(p['ready mean'])} | "
+            f"{fmt(r.rate_95)} | {fmt(r.rate_from_origin)} | "
+            + (f"{fmt(r.last_record_s)} | {fmt(r.recorded_rate)} | " if r.records else "- | - | ")
+            + (
+                f"{p['recorded']} / {on_pod}{agents_text(r)} | "
+                if r.profile == "kvsched"
+                else "- | "
+            )
+            + f"{fmt(p['ready mean'])} | "
             f"{fmt(p['ready p95'])} | "
             f"{fmt(p['load mean'])} | {tiers} | {share_text(p['tp best'], p['tp total'])} | "
             f"{share_text(p['tp predicted best'], p['tp predicted'])} | "
@@ -1274,36 +1641,53 @@ def size_section(run: SizeRun, args: argparse.Namespace) -> list[str]:
             "module built here; also before its bind): the CPU-only pods never reach the "
             "extender.",
             "",
-            "| profile | backlog: bound / pods | backlog: pods/s (drain) | paced: bound / pods "
+            "| profile | backlog: bound / pods | backlog: pods/s (drain) | backlog: pods/s "
+            "(bound and recorded) | paced: bound / pods "
             "| paced: last bind after last create s | paced: GPU pods' creation to bind p50 / "
-            "p95 s | paced: CPU pods' creation to bind p50 / p95 s | FailedScheduling events "
+            "p95 s | paced: GPU pods' creation to recorded p50 / p95 s "
+            "| paced: CPU pods' creation to bind p50 / p95 s | GPU pods with kvsched's "
+            "prediction recorded / bound (backlog; paced) | FailedScheduling events "
             "(backlog, paced) |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in mixed:
             q = run.results.get(PACED_PREFIX + r.profile)
             lines.append(
                 f"| {r.profile} | {r.bound} / {r.pods} | {fmt(r.drain_rate)} | "
+                + (f"{fmt(r.recorded_rate)} | " if r.records else "- | ")
                 + (
                     f"{q.bound} / {q.pods} | {fmt(q.last_bind_s - q.create_s, 2)} | "
-                    f"{latency_text(q)} | {latency_text(q, gpu=False)} | "
+                    f"{latency_text(q)} | {record_latency_text(q)} | "
+                    f"{latency_text(q, gpu=False)} | {recorded_text(r)}; {recorded_text(q)} | "
                     f"{r.failed_events}, {q.failed_events} |"
                     if q is not None
-                    else f"- | - | - | - | {r.failed_events} |"
+                    else f"- | - | - | - | - | {recorded_text(r)} | {r.failed_events} |"
                 )
             )
     lines += ["", *cpu_table([*main, *mixed, *paced])]
-    if kv is not None and kv.extender:
-        e = kv.extender
+    for kv_phase in (kv, run.results.get(AGENTS)):
+        if kv_phase is None or not kv_phase.extender:
+            continue
+        e = kv_phase.extender
         lines += [
             "",
-            "kvsched extender (its /metrics, GPU pods): "
+            f"kvsched extender, {kv_phase.phase} (its /metrics, GPU pods): "
             + ", ".join(
                 f"{verb} {e.get(f'{verb} calls', 0):.0f} calls, mean "
                 f"{fmt(e.get(f'{verb} mean ms', float('nan')), 2)} ms"
                 for verb in ("filter", "prioritize", "bind")
             )
-            + f", {e.get('errors', 0):.0f} errors.  ",
+            + f", {e.get('errors', 0):.0f} errors"
+            + (
+                "; predictions and placements written on pods after kube-scheduler bound them: "
+                + ", ".join(
+                    f"{e.get(f'placement {outcome}', 0):.0f} {outcome}"
+                    for outcome in ("written", "failed", "dropped")
+                )
+                if kv_phase.records
+                else ""
+            )
+            + ".  ",
         ]
     lines += [
         "",
@@ -1333,7 +1717,8 @@ def report(
         "the same Python client"
         if ext.get("bindVerb")
         else "no bindVerb: kube-scheduler binds (its Go client) under both extenders; kvsched "
-        "learns each binding from its pod watch"
+        "learns each binding from its pod watch and writes its GPU prediction and placement "
+        "on the pod afterwards (a background writer)"
     )
     fallbacks = sum(
         r.placement.get("plugin fallbacks", 0) for run in runs for r in run.results.values()
@@ -1368,8 +1753,17 @@ def report(
         "",
         *summary(runs),
         "",
-        "Ratios are of pods/s (drain rate) in the same run. Where a target is missed, the CPU "
-        "tables below say where the time goes.",
+        "Ratios are of pods/s in the same run: the drain rate, (bound - 1) / (last bind - "
+        "first bind)"
+        + (
+            ", except where kvsched runs without a bindVerb: its work for a pod is done only "
+            "when its prediction and placement are written on the pod after the binding, so "
+            "its pods/s there is bound and recorded, (bound - 1) / (the later of the last bind "
+            "and the last record - first bind), with the plain bind drain rate in brackets"
+            if any_records(runs)
+            else ""
+        )
+        + ". Where a target is missed, the CPU tables below say where the time goes.",
         "",
     ]
     for run in runs:
@@ -1381,16 +1775,21 @@ def report(
         "above: kvsched's row against the floor's is kvsched's own work; the floor's against "
         "the default profile's is what any HTTP extender costs kube-scheduler):",
         "",
-        "- The bind verb. Without it kube-scheduler binds with its own Go client in its "
-        "binding cycle, and kvsched learns each binding from its pod watch, predicting the "
-        "pod's GPUs as it arrives (a gang member's from its plan; a pod bound onto GPUs a plan "
-        "held releases that plan). Both settings are measured in every run (`-nobind` / "
-        "`+bind` rows). The shipped configuration keeps the bindVerb: it writes the GPU "
-        "prediction and the placement on the pod in the same API write as the binding "
-        "(durable across an extender restart, read by the controller's allocation mirror, "
-        "and what the e2e suite checks); manifests/scheduler/"
-        "scheduler-config-nobind.yaml is the faster profile for clusters that can do without "
-        "those annotations (ideally with the node agent, whose truth replaces predictions).",
+        "- The bind verb. The shipped configuration has none: kube-scheduler binds each pod "
+        "with its own Go client in its binding cycle, and kvsched learns each binding from its "
+        "pod watch, predicting the pod's GPUs as it arrives (a gang member's from its plan; a "
+        "pod bound onto GPUs a plan held releases that plan). For a pod kvsched filtered it "
+        "then writes the GPU prediction and the placement on the pod (`kvsched.io/predicted-"
+        "gpus`, `kvsched.io/placement`) from a background writer, off the scheduling path: "
+        "durable across an extender restart, mirrored by the controller into NodeInventory, "
+        "with its placement event kept (rate-limited, below). That write is part of kvsched's "
+        "cost, so its rows count it: pods/s bound and recorded, and CPU up to the last record. "
+        "The `+bind` rows (--other-bind) measure manifests/scheduler/scheduler-config-bind.yaml, "
+        "where kvsched's bind verb writes both annotations in the binding itself: one more HTTP "
+        "round trip and a Python API write inside every GPU pod's binding cycle. On a node "
+        "whose NodeInventory says its agent reports the kubelet's allocation (`allocatedSource: "
+        "kubelet`) kvsched skips the write (the agent's truth says which GPUs the pod got) and "
+        f"offers only the placement event: the {AGENTS} row measures that deployment.",
         "- Events: a placement event per pod was one more API write per pod (the API server "
         "and etcd CPU per pod showed it). Placement events are now capped by a token bucket "
         "(5/s, burst 20), written by a background thread; the warnings an operator acts on "
@@ -1420,9 +1819,11 @@ def report(
         "plugin's GPUs (every profile; what the pod runs on) and, for kvsched, by its "
         "`kvsched.io/predicted-gpus` annotation, a prediction nothing on the node reads, "
         "graded on the free GPUs as the extender saw them (no agent reports the kubelet's "
-        "truth in this benchmark, so after a missed prediction the extender's view of that "
-        "node drifts from the replayed node). 'prediction = plugin's set' = the predicted set "
-        "is the one the plugin handed out (device plugin fallbacks: "
+        "truth for the benchmark's pods, so after a missed prediction the extender's view of "
+        f"that node drifts from the replayed node; in {AGENTS} only the pods on nodes without "
+        "a NodeInventory carry a prediction, and only those are graded by it). "
+        "'prediction = plugin's set' = the predicted set is the one the plugin handed out "
+        "(device plugin fallbacks: "
         f"{fallbacks}"
         ", where its answer was not a full set and the kubelet's own choice was taken). "
         "'Placed where it does not fit' = bound to a node whose GPUs cannot hold weights + KV "
@@ -1459,6 +1860,40 @@ def per_size(values: list[int], sizes: int, flag: str) -> list[int]:
 
 def other_bind_name(profile: str, bind: bool) -> str:
     return f"{profile}{'+bind' if bind else '-nobind'}"
+
+
+def set_agent_reports(
+    api: Api, objects: Mapping[str, list[dict[str, Any]]], workers: int, on: bool
+) -> None:
+    """Make every NodeInventory of the pool look written by a node agent that reads the
+    kubelet's PodResources (`on`: `agent_report`), or put them back as the pool was created
+    (`without_agent_reports`: no `allocatedSource`, `allocated` empty, no `allocatableGpus`;
+    a merge patch's null removes a field); then check that every inventory reads so."""
+    inventories = objects["NodeInventory"]
+
+    def patch(inventory: Mapping[str, Any]) -> Callable[[], object]:
+        status: dict[str, Any] = (
+            agent_report(inventory, objects["Pod"])
+            if on
+            else {"allocatedSource": None, "allocated": [], "allocatableGpus": None}
+        )
+        return lambda: api.call(
+            "PATCH",
+            f"{INVENTORIES}/{inventory['metadata']['name']}/status",
+            {"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    api.parallel(workers, [patch(o) for o in inventories])
+    listed = api.call("GET", INVENTORIES)["items"]
+    reporting = sum(1 for o in listed if (o.get("status") or {}).get("allocatedSource"))
+    want = len(inventories) if on else 0
+    if len(listed) != len(inventories) or reporting != want:
+        raise RuntimeError(
+            f"NodeInventories: {reporting} of {len(listed)} report the kubelet's allocation "
+            f"after the patch, expected {want} of {len(inventories)}"
+        )
+    log(f"{len(inventories)} NodeInventories {'agent-reported' if on else 'restored'}")
 
 
 def start_extender(profile: str, plane: ControlPlane, work: Path) -> ExtenderProcess:
@@ -1526,36 +1961,74 @@ def run_size(
         results: dict[str, PhaseResult] = {}
         default_path = default_config(plane, work, args.qps, args.burst)
         shipped = shipped_binds()
-        runs: list[tuple[str, bool]] = [(p, shipped) for p in PROFILES]
+        # (phase name, profile, bind); kvsched-agents right after kvsched's own phases.
+        runs: list[tuple[str, str, bool]] = [(p, p, shipped) for p in PROFILES]
+        if args.agents and not shipped:
+            runs.append((AGENTS, "kvsched", shipped))
+        elif args.agents:
+            log(f"{AGENTS} skipped: the shipped configuration has a bindVerb")
         if args.other_bind:
-            runs += [(p, not shipped) for p in PROFILES if p != "default"]
-        for profile, bind in runs:
-            config = default_path
-            name = profile if bind == shipped else other_bind_name(profile, bind)
-            if profile != "default":
-                extender = start_extender(profile, plane, work)
-                config = extender_config(
-                    plane, extender.url, work, args.qps, args.burst, name, bind
-                )
-            phases = [(name, pods, "backlog")]
-            if mixed and name == profile:
-                phases.append((MIX_PREFIX + profile, mixed, "backlog"))
-                phases.append((PACED_PREFIX + profile, mixed, "paced"))
-            for phase, phase_pods, arrival in phases:
-                result = run_phase(
-                    plane, api, phase, profile, phase_pods, config, args, extender, arrival
-                )
-                results[phase] = result
-                log(
-                    f"{nodes} nodes, {phase}: {result.bound}/{result.pods} bound, "
-                    f"{fmt(result.drain_rate)} pods/s (drain), "
-                    f"{fmt(result.rate_from_origin)} pods/s (from {result.origin})"
-                )
-            if extender is not None:
-                extender.stop()
-                extender = None
-        for profile, bind in runs:
-            name = profile if bind == shipped else other_bind_name(profile, bind)
+            runs += [
+                (other_bind_name(p, not shipped), p, not shipped)
+                for p in PROFILES
+                if p != "default"
+            ]
+        agent_nodes = frozenset(o["metadata"]["name"] for o in objects["NodeInventory"])
+        for name, profile, bind in runs:
+            agents = name == AGENTS
+            if agents:
+                # Before the extender starts, so that it reads the agents' reports at its sync.
+                set_agent_reports(api, objects, args.workers, on=True)
+            try:
+                config = default_path
+                if profile != "default":
+                    extender = start_extender(profile, plane, work)
+                    config = extender_config(
+                        plane, extender.url, work, args.qps, args.burst, name, bind
+                    )
+                phases = [(name, pods, "backlog")]
+                if mixed and name == profile:
+                    phases.append((MIX_PREFIX + profile, mixed, "backlog"))
+                    phases.append((PACED_PREFIX + profile, mixed, "paced"))
+                # kvsched without a bindVerb writes its predictions after kube-scheduler binds
+                # (with node agents: only on the pods of nodes without an agent's report).
+                records = profile == "kvsched" and not bind
+                for phase, phase_pods, arrival in phases:
+                    result = run_phase(
+                        plane,
+                        api,
+                        phase,
+                        profile,
+                        phase_pods,
+                        config,
+                        args,
+                        extender,
+                        arrival,
+                        records,
+                        agent_nodes if agents else frozenset(),
+                    )
+                    results[phase] = result
+                    recorded = (
+                        f", {len(result.record_times)} recorded ({result.unrecorded} bound GPU "
+                        f"pods not; {result.agent_gpu} on agent-reported nodes, none expected, "
+                        f"{result.agent_annotated} annotated), {fmt(result.recorded_rate)} "
+                        "pods/s (bound and recorded)"
+                        if records
+                        else ""
+                    )
+                    log(
+                        f"{nodes} nodes, {phase}: {result.bound}/{result.pods} bound, "
+                        f"{fmt(result.drain_rate)} pods/s (drain), "
+                        f"{fmt(result.rate_from_origin)} pods/s (from {result.origin}){recorded}"
+                    )
+            finally:
+                if extender is not None:
+                    extender.stop()
+                    extender = None
+                if agents:
+                    # Later phases find the inventories as before.
+                    set_agent_reports(api, objects, args.workers, on=False)
+        for name, _, _ in runs:
             results[name].placement = replay(results[name], by_name, initial, catalog, args.seed)
     finally:
         if extender is not None:
@@ -1582,7 +2055,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--mix-pods",
         type=int_list,
-        help=f"pods of the realistic mix per size ({MIX_GPU_SHARE:.0%} of them GPU pods; "
+        help=f"pods of the realistic mix per size ({MIX_GPU_SHARE * 100:.0f}%% of them GPU pods; "
         "default: as --pods); 0 is not allowed, use --no-mix",
     )
     parser.add_argument(
@@ -1615,6 +2088,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=False,
         help="also run floor and kvsched (GPU pods) with the bindVerb the shipped configuration "
         "does not have (added, or removed): what the bind verb costs",
+    )
+    parser.add_argument(
+        "--agents",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"the {AGENTS} phase (GPU pods): kvsched with every NodeInventory reported by a "
+        "node agent that reads the kubelet's allocation (where the shipped configuration has "
+        "no bindVerb)",
     )
     parser.add_argument("--out-md", type=Path, help="write the markdown section here too")
     parser.add_argument("--work", help="state folder (default: a new temp dir, removed after)")
