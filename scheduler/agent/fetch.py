@@ -489,7 +489,7 @@ class Fetcher:
         staged = self._stage(job, model, repo, workdir)
         if job.cancel.is_set():
             raise _CancelledError
-        final = self._install(request, model, repo, staged, workdir)
+        final = self._install(job.key, model, repo, staged, workdir)
         self._set(
             job.key,
             request,
@@ -618,7 +618,7 @@ class Fetcher:
 
     def _install(
         self,
-        request: WarmingRequest,
+        key: Key,
         model: SourceModel,
         repo: Path,
         staged: list[Path | None],
@@ -649,7 +649,11 @@ class Fetcher:
             # Replaced whole (an unfinished copy left by another downloader): moved aside first,
             # so the snapshot never lists a mix of the two.
             os.replace(final, workdir / "replaced")
-        os.rename(building, final)
+        with self._lock:
+            os.rename(building, final)
+            # From here the scan counts the copy: its reservation ends in the same step, or a
+            # budget check in between would count it twice and evict a model for nothing.
+            self._reserved.pop(key, None)
         self._write_ref(repo, model, workdir)
         _remove(workdir)
         return final

@@ -372,6 +372,38 @@ def test_lru_eviction_makes_room_but_never_for_a_model_in_use(source: Path, cach
     assert not (cache / "models--org--older").exists()  # refs, blobs, folder all gone
 
 
+def test_a_pass_racing_the_install_does_not_count_the_new_copy_twice(
+    source: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread's pass (the agent's cycle) lands the moment the snapshot is renamed into
+    the cache: it must see the copy once (in the cache, its reservation gone), not twice, or
+    it evicts one model too many (found by the e2e eviction test)."""
+    for name, age, seed in (("org/oldest", 30, 1), ("org/older", 20, 2), ("org/recent", 1, 3)):
+        cached_model(cache, name, MIB, age, seed)
+    hub_model(source, "org/new", {"config.json": CONFIG, "w.safetensors": weights(MIB, 7)})
+    one = MIB + len(CONFIG)
+    fetcher = fetcher_for(source, cache, budget_bytes=3 * one + one // 2)
+    wanted, status = spec(want("org/new")), in_use("org/oldest")
+    rename = os.rename
+    racers: list[threading.Thread] = []
+
+    def racing_rename(src: str | Path, dst: str | Path) -> None:
+        rename(src, dst)
+        if Path(dst).parent.name == "snapshots" and not racers:
+            racer = threading.Thread(target=fetcher.update, args=(wanted, status))
+            racers.append(racer)
+            racer.start()
+            racer.join(0.3)  # blocked while the install still holds the fetcher's lock
+
+    monkeypatch.setattr("scheduler.agent.fetch.os.rename", racing_rename)
+    result = run(fetcher, wanted, status)
+    assert racers, "the install never renamed a snapshot into the cache"
+    racers[0].join(10)
+    assert fetcher.wait_idle(30)
+    assert result["org/new"].state == "done"
+    assert set(scanned(cache)) == {"org/oldest", "org/recent", "org/new"}
+
+
 def test_lastused_from_the_inventory_counts_when_newer_than_the_files(
     source: Path, cache: Path
 ) -> None:
