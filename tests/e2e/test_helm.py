@@ -142,7 +142,7 @@ def test_helm_install_creates_the_objects(
     )
     assert any(
         c["type"] == "Established" and c["status"] == "True"
-        for c in crd.get("status", {}).get("conditions", [])
+        for c in ((crd.get("status") or {}).get("conditions") or [])
     )
     deployment = plane.request("GET", f"/apis/apps/v1{ns}/deployments/kvsched-scheduler")
     assert deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"

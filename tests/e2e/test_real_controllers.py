@@ -41,7 +41,8 @@ def pods(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
 def running_and_ready(pod: dict[str, Any]) -> bool:
     status = pod.get("status") or {}
     ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (status.get("conditions") or [])
     )
     return bool(pod["spec"].get("nodeName")) and status.get("phase") == "Running" and ready
 
@@ -801,7 +802,7 @@ def test_pod_group_min_member_sizes_the_group(cluster: Cluster, extender: Extend
             f"{CRDS}/{PODGROUP_CRD}",
             lambda crd: any(
                 c.get("type") == "Established" and c.get("status") == "True"
-                for c in (crd.get("status") or {}).get("conditions", [])
+                for c in ((crd.get("status") or {}).get("conditions") or [])
             ),
             timeout=30,
         )

@@ -535,7 +535,7 @@ def describe(plane: ControlPlane, namespace: str, label_selector: str) -> str:
     for pod in pods.get("items", []):
         name = pod["metadata"]["name"]
         status = pod.get("status") or {}
-        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        conditions = {c["type"]: c["status"] for c in (status.get("conditions") or [])}
         lines.append(
             f"{name}: phase={status.get('phase')} node={pod['spec'].get('nodeName')} "
             f"conditions={json.dumps(conditions)} "
