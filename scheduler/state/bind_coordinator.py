@@ -168,15 +168,15 @@ class BindCoordinator:
         watch order, which on one node is bind order, so no two predictions overlap.
 
         A pod this extender placed (it filtered it, or planned its gang) gets a
-        `RecordPlacement`: its placement event, and, on a node whose kubelet allocation no
-        agent reports, its prediction and placement written on it,
-        as the bind would have written them, by the effect writer after the lock, off every
-        verb. That record is what a restarted extender
-        and the controller's allocation mirror read; on a node whose agent reports the
-        kubelet's truth they read that truth instead (within one agent cycle), so the write,
-        the costliest part of learning a binding (a second pod write, and a second pod event
-        for kube-scheduler and every pod watcher), is skipped there. A pod some other
-        scheduler placed is predicted, not annotated: kvsched did not place it.
+        `RecordPlacement`: its placement event and, on a node whose kubelet allocation no agent
+        reports, its prediction and placement written on it as the bind would have written
+        them, by the effect writer after the lock, off every verb. That record is what a
+        restarted extender and the controller's allocation mirror read; on a node whose agent
+        reports the kubelet's truth they read that truth instead (within one agent cycle), so
+        the write (a second pod write, and a second pod event for kube-scheduler and every pod
+        watcher: measured to cost about what the bind verb does, docs/benchmarks.md) is
+        skipped there. A pod some other scheduler placed is predicted, not annotated: kvsched
+        did not place it.
 
         kube-scheduler does not see kvsched's gang reservations: a pod it bound where only
         reserved GPUs were left took some of a plan's room. Those plans are released (their
