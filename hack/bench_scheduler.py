@@ -108,6 +108,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import socket
 import ssl
@@ -1734,6 +1735,8 @@ def report(
             ("tp-mix", ",".join(f"{t}={w:g}" for t, w in sorted(args.tp_mix.items()))),
         )
     )
+    if args.kvsched_extender_args:
+        command += f" --kvsched-extender-args {shlex.quote(args.kvsched_extender_args)}"
     lines = [
         "## Real kube-scheduler throughput and placements: kvsched, the floor, the default profile",
         "",
@@ -1896,11 +1899,13 @@ def set_agent_reports(
     log(f"{len(inventories)} NodeInventories {'agent-reported' if on else 'restored'}")
 
 
-def start_extender(profile: str, plane: ControlPlane, work: Path) -> ExtenderProcess:
+def start_extender(
+    profile: str, plane: ControlPlane, work: Path, kvsched_args: Sequence[str] = ()
+) -> ExtenderProcess:
     extender: ExtenderProcess = (
         FloorExtender(plane.kubeconfig, work)
         if profile == "floor"
-        else Extender(plane.kubeconfig, work)
+        else Extender(plane.kubeconfig, work, extra_args=kvsched_args)
     )
     extender.start()
     return extender
@@ -1982,7 +1987,9 @@ def run_size(
             try:
                 config = default_path
                 if profile != "default":
-                    extender = start_extender(profile, plane, work)
+                    extender = start_extender(
+                        profile, plane, work, shlex.split(args.kvsched_extender_args)
+                    )
                     config = extender_config(
                         plane, extender.url, work, args.qps, args.burst, name, bind
                     )
@@ -2096,6 +2103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"the {AGENTS} phase (GPU pods): kvsched with every NodeInventory reported by a "
         "node agent that reads the kubelet's allocation (where the shipped configuration has "
         "no bindVerb)",
+    )
+    parser.add_argument(
+        "--kvsched-extender-args",
+        default="",
+        help="extra `kvsched extender` flags for the kvsched phases, for experiments (e.g. "
+        "'--no-events': what its events cost); the command line in the report shows them",
     )
     parser.add_argument("--out-md", type=Path, help="write the markdown section here too")
     parser.add_argument("--work", help="state folder (default: a new temp dir, removed after)")
