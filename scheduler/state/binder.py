@@ -54,7 +54,7 @@ class ApiBinder:
         except NotFoundError:
             log.debug("pod %s/%s is gone: its placement is not recorded", namespace, name)
         except KubeError as exc:
-            if exc.status == 422:
+            if exc.status in (409, 422):
                 # The UID precondition: the name is another pod's now.
                 log.debug("pod %s/%s was replaced: its placement is not recorded", namespace, name)
                 return
