@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 from support.extender import wait_ready
 from support.k8s import pod
 
-from scheduler.demo.run import free_port
+from scheduler.demo.run import extender_command, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = ROOT / "tests" / "fixtures" / "cluster" / "snapshot"
 
 
 def command(port: int, *flags: str) -> list[str]:
-    """`kvsched extender` on the snapshot cluster, text logs at info, then `flags`."""
+    """`kvsched extender` on the snapshot cluster as the demo runs it, but with text logs at
+    info (a later flag wins), then `flags`."""
     return [
-        sys.executable,
-        "-m",
-        "scheduler.cli",
-        "extender",
-        "--cluster-file",
-        str(SNAPSHOT),
-        "--port",
-        str(port),
+        *extender_command(SNAPSHOT, port),
+        "--log-level",
+        "info",
         "--log-format",
         "text",
         *flags,

@@ -4,6 +4,7 @@ loop, relist on 410, bookmarks, backoff, readiness, and the API binder."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 from support.fake_kube import FakeApi, run_until_exhausted, with_kind
@@ -125,14 +126,21 @@ def test_inventory_and_pod_events_reach_node_state() -> None:
     assert state is not None and state.unindexed_busy == 0
 
 
-def test_bind_survives_a_stale_watch_event_and_settles_on_the_real_one() -> None:
-    api = FakeApi()
+def store_with_pending(api: FakeApi, gpus: int) -> tuple[ClusterStore, dict[str, Any]]:
+    """A cluster-mode store over `api` with GPU node "a" and the pending LLM pod "p" (also in
+    the API server's view), synced."""
     store = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
     store.replace_kind("Node", [gpu_node("a")])
-    pending = pod("p", gpus=8, annotations=model_annotations(LLAMA_8B))
+    pending = pod("p", gpus=gpus, annotations=model_annotations(LLAMA_8B))
     api.pods[("llm", "p")] = copy.deepcopy(pending)
     store.upsert_pod(pending)
     store.synced = True
+    return store, pending
+
+
+def test_bind_survives_a_stale_watch_event_and_settles_on_the_real_one() -> None:
+    api = FakeApi()
+    store, pending = store_with_pending(api, gpus=8)
     store.filter(store.demand(pending), ["a"])
     result = store.bind("llm", "p", "uid-llm-p", "a")
     assert ("bind", "llm/p", "uid-llm-p", "a") in api.calls
@@ -250,12 +258,7 @@ def test_a_binding_the_scheduler_made_gets_the_prediction_written_on_that_pod() 
     """No bindVerb: the watch shows the binding, the store learns the GPUs, and its (inline)
     effect writes them on the pod, as the bind verb would have in the binding."""
     api = FakeApi()
-    store = ClusterStore(Catalog.builtin(), binder=ApiBinder(api))
-    store.replace_kind("Node", [gpu_node("a")])
-    pending = pod("p", gpus=2, annotations=model_annotations(LLAMA_8B))
-    api.pods[("llm", "p")] = copy.deepcopy(pending)
-    store.upsert_pod(pending)
-    store.synced = True
+    store, pending = store_with_pending(api, gpus=2)
     assert store.filter(store.demand(pending), ["a"]).passed == ["a"]
     bound = copy.deepcopy(pending)
     bound["spec"]["nodeName"] = "a"
